@@ -1,0 +1,122 @@
+"""`llm-router` command line: serve, check-config, models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+
+
+def _load(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"llm-router: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        print(f"llm-router: cannot listen on {host}:{port}: {exc.strerror} (router.port / --port)", file=sys.stderr)
+        raise SystemExit(1) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .api import create_app
+
+    config = _load(args.config)
+    settings = config.router
+    logging.basicConfig(
+        level=settings.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # One line per proxied request from httpx is noise at info level.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if settings.log_level == "debug" else logging.WARNING)
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    try:
+        app = create_app(config)
+    except ConfigError as exc:
+        print(f"llm-router: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    sock = _bind(host, port)
+    actual_port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, log_config=None, access_log=settings.log_level == "debug", timeout_graceful_shutdown=5, lifespan="on"
+        )
+    )
+    logging.getLogger("router_app").info("llm-router listening on http://%s:%d/v1", host, actual_port)
+    asyncio.run(server.serve(sockets=[sock]))
+
+
+def check_config(args: argparse.Namespace) -> None:
+    config = _load(args.config)
+    path = args.config or "config"
+    print(f"{path}: OK, {len(config.models)} model(s), supervisor {config.router.supervisor}")
+
+
+def models(args: argparse.Namespace) -> None:
+    from .supervisor import default_unit_name
+
+    config = _load(args.config)
+    rows = [("ID", "BACKEND", "GROUP", "ALIASES", "STARTED BY")]
+    for model in config.models:
+        if not model.local:
+            how = model.url or ""
+        elif config.router.supervisor == "systemd":
+            how = model.unit or default_unit_name(model.id)
+        else:
+            how = " ".join(model.command or [])
+        rows.append((model.id, model.backend.value, model.group, ",".join(model.aliases) or "-", how))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="llm-router",
+        description="One OpenAI-compatible endpoint for many local models, switching engines on demand.",
+    )
+    parser.add_argument("--version", action="version", version=f"llm-router {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help="config file (default: $LLM_ROUTER_CONFIG or /etc/llm-router/config.yml)",
+        )
+        return sub
+
+    serve_parser = command("serve", "run the router")
+    serve_parser.add_argument("--host", default=None, help="listen address (overrides router.host)")
+    serve_parser.add_argument("--port", type=int, default=None, help="listen port, 0 = any (overrides router.port)")
+    serve_parser.set_defaults(func=serve)
+    command("check-config", "validate the config file and exit").set_defaults(func=check_config)
+    command("models", "list the configured models").set_defaults(func=models)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""The router's configuration file: one YAML document, validated with pydantic.
+
+The schema is a contract with the Ansible role that renders it (see docs/config.md).
+Unknown keys are errors, and every error names the file, the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path("/etc/llm-router/config.yml")
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the person editing the file."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid config {self.path}:\n{lines}")
+
+
+class Backend(StrEnum):
+    LLAMACPP = "llamacpp"
+    SGLANG = "sglang"
+    TABBYAPI = "tabbyapi"
+    VLLM = "vllm"
+    OPENAI = "openai"
+
+
+class StatusStyle(StrEnum):
+    OPENWEBUI = "openwebui"
+    REASONING = "reasoning"
+    CONTENT = "content"
+    NONE = "none"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class RouterSettings(Strict):
+    """Settings of the router process itself (the `router:` section)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8002
+    load_timeout_s: PositiveSeconds = 900
+    drain_timeout_s: PositiveSeconds = 300
+    stop_timeout_s: PositiveSeconds = 30
+    status_style: StatusStyle = StatusStyle.OPENWEBUI
+    progress_interval_s: Annotated[float, Field(gt=0, le=5)] = 2.0
+    metrics_footer: bool = True
+    supervisor: Literal["process", "systemd"] = "process"
+    systemctl: list[str] = Field(default_factory=lambda: ["systemctl"], min_length=1)
+    api_key_files: list[Path] = Field(default_factory=list)
+    admin_key_file: Path | None = None
+    log_lines: Annotated[int, Field(ge=1, le=10000)] = 200
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+DEFAULT_HEALTH_PATH = {
+    Backend.LLAMACPP: "/health",
+    Backend.SGLANG: "/health",
+    Backend.TABBYAPI: "/health",
+    Backend.VLLM: "/health",
+    Backend.OPENAI: "/models",
+}
+
+
+class ModelConfig(Strict):
+    """One servable model (an entry of `models:`)."""
+
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    aliases: list[str] = Field(default_factory=list)
+    backend: Backend
+    description: str = ""
+    served_name: str | None = None
+    host: str = "127.0.0.1"
+    port: Port | None = None
+    url: str | None = None
+    health_path: str | None = None
+    group: str = "default"
+    evict: Literal["stop", "sleep"] = "stop"
+    unit: str | None = None
+    command: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: Path | None = None
+    api_key_file: Path | None = None
+    api_tokens_file: Path | None = None
+    load_timeout_s: PositiveSeconds | None = None
+    tabby_model_name: str | None = None
+
+    @field_validator("id", "aliases")
+    @classmethod
+    def _no_whitespace(cls, value: Any) -> Any:
+        names = value if isinstance(value, list) else [value]
+        for name in names:
+            if not name.strip() or any(ch.isspace() for ch in name):
+                raise ValueError(f"model names may not contain whitespace: {name!r}")
+        return value
+
+    @field_validator("health_path")
+    @classmethod
+    def _absolute_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must start with '/', e.g. /health")
+        return value
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> ModelConfig:
+        if self.backend is Backend.OPENAI:
+            if not self.url:
+                raise ValueError("backend 'openai' needs 'url' (the remote base URL, e.g. https://host/v1)")
+            for key in ("command", "unit", "port"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"backend 'openai' is a remote endpoint: remove '{key}'")
+            if self.evict == "sleep":
+                raise ValueError("backend 'openai' has no lifecycle: 'evict' must be 'stop'")
+        elif self.url is not None:
+            raise ValueError(f"'url' is only for backend 'openai'; {self.backend} uses host/port")
+        if self.evict == "sleep" and self.backend is Backend.LLAMACPP:
+            raise ValueError("llama.cpp has no sleep endpoint: use evict 'stop'")
+        if self.api_tokens_file is not None and self.backend is not Backend.TABBYAPI:
+            raise ValueError("'api_tokens_file' is TabbyAPI's api_tokens.yml; other backends use 'api_key_file'")
+        if self.backend is Backend.TABBYAPI and self.evict == "sleep" and not self.api_tokens_file:
+            raise ValueError("tabbyapi with evict 'sleep' unloads via its admin API: set 'api_tokens_file'")
+        return self
+
+    @property
+    def engine_name(self) -> str:
+        """The name the engine knows this model by."""
+        return self.served_name or self.id
+
+    @property
+    def local(self) -> bool:
+        """True for engines this router starts and stops."""
+        return self.backend is not Backend.OPENAI
+
+    @property
+    def effective_health_path(self) -> str:
+        return self.health_path or DEFAULT_HEALTH_PATH[self.backend]
+
+
+class Config(Strict):
+    """The whole file."""
+
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    models: list[ModelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        names: dict[str, str] = {}
+        for model in self.models:
+            for name in [model.id, *model.aliases]:
+                if name in names:
+                    raise ValueError(f"name {name!r} of model {model.id!r} is already used by model {names[name]!r}")
+                names[name] = model.id
+        ports: dict[tuple[str, int], str] = {}
+        for model in self.models:
+            if model.port is None:
+                continue
+            key = (model.host, model.port)
+            if key in ports:
+                raise ValueError(
+                    f"models {ports[key]!r} and {model.id!r} both use {model.host}:{model.port}; give each its own port"
+                )
+            ports[key] = model.id
+        for index, model in enumerate(self.models):
+            if not model.local:
+                continue
+            where = f"models[{index}] (id {model.id!r})"
+            if self.router.supervisor == "process":
+                if not model.command:
+                    raise ValueError(f"{where}: the process supervisor needs 'command' (argv list)")
+                if model.port is None and not any("${PORT}" in arg for arg in model.command):
+                    raise ValueError(f"{where}: set 'port', or put ${{PORT}} in 'command' to get a free port")
+            else:
+                if model.command:
+                    raise ValueError(f"{where}: 'command' is for the process supervisor; systemd starts 'unit'")
+                if model.port is None:
+                    raise ValueError(f"{where}: the systemd supervisor needs the engine's 'port'")
+        return self
+
+    def find(self, name: str) -> ModelConfig | None:
+        """The model with this id or alias."""
+        for model in self.models:
+            if name == model.id or name in model.aliases:
+                return model
+        return None
+
+
+def _format_location(data: Any, loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node):
+                node = node[item]
+                if isinstance(node, dict) and "id" in node and parts and parts[-1] == "models":
+                    label = f"[{item}] (id {node['id']!r})"
+            else:
+                node = None
+            parts.append(label)
+        else:
+            node = node.get(item) if isinstance(node, dict) else None
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _explain(data: Any, error: Any) -> str:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    message = error["msg"]
+    if kind == "extra_forbidden":
+        message = "unknown key (check spelling; see docs/config.md for the allowed keys)"
+    elif kind == "enum":
+        expected = error.get("ctx", {}).get("expected", "")
+        message = f"got {error.get('input')!r}; allowed: {expected}"
+    elif kind == "missing":
+        message = "required key is missing"
+    message = message.removeprefix("Value error, ")
+    return f"{_format_location(data, loc)}: {message}"
+
+
+def parse_config(data: Any, path: Path | str = "<config>") -> Config:
+    """Validate already-parsed YAML data."""
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["(top level): expected a mapping with 'router' and 'models'"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, [_explain(data, err) for err in exc.errors()]) from None
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read and validate the config file (default: $LLM_ROUTER_CONFIG or /etc/llm-router/config.yml)."""
+    path = Path(path or os.environ.get("LLM_ROUTER_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read file: {exc.strerror}; pass --config PATH"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [f"not valid YAML: {exc}"]) from None
+    return parse_config(data, path)
+
+
+def read_keys(paths: list[Path]) -> set[str]:
+    """API keys from files: one key per line, '#' comments and blank lines ignored."""
+    keys: set[str] = set()
+    for path in paths:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                keys.add(line)
+    return keys
+
+
+def read_secret(path: Path | None) -> str | None:
+    """The first key in a key file, or None when no file is configured."""
+    if path is None:
+        return None
+    keys = sorted(read_keys([path]))
+    return keys[0] if keys else None

@@ -1,0 +1,144 @@
+"""Write tiny random-weight llama GGUF models for the demo and the tests.
+
+The models are real llama.cpp models (2 layers, F32, a 448-token SentencePiece vocab with a
+ChatML template), deterministic by seed, and small (~0.6 MB). Their replies are gibberish,
+but always printable ASCII: embedding channel 0 is a constant that acts as a bias after
+RMSNorm, and the output rows of byte, control and unknown tokens are pushed down on that
+channel, so generation never emits them (and never stops before max_tokens).
+
+    python -m router_app.devtools.tiny_gguf OUT.gguf --name tiny-a --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_WORD_TEXT = (
+    "the of and to in is it you that he was for on are with as his they be at one have this from or had "
+    "by word but what some we can out other were all there when up use your how said an each she which "
+    "do their time if will way about many then them write would like so these her long make thing see "
+    "him two has look more day could go come did number sound no most people my over know water than "
+    "call first who may down side been now find any new work part take get place made live where after "
+    "back little only round man "
+)
+
+VOCAB_SIZE = 448
+
+
+def build_vocab() -> tuple[list[str], list[float], list[int]]:
+    """Tokens, scores and token types of the SPM vocab (types: 1 normal, 2 unknown, 3 control, 6 byte)."""
+    tokens = ["<unk>", "<s>", "</s>"]
+    types = [2, 3, 3]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [6] * 256
+    tokens += ["<|im_start|>", "<|im_end|>"]
+    types += [3, 3]
+    pieces = ["\u2581"] + [chr(c) for c in range(0x21, 0x7F)]
+    pieces += ["\u2581" + w for w in _WORD_TEXT.split()]
+    for piece in pieces:
+        if len(tokens) >= VOCAB_SIZE:
+            break
+        if piece not in tokens:
+            tokens.append(piece)
+            types.append(1)
+    while len(tokens) < VOCAB_SIZE:
+        tokens.append(f"\u2581w{len(tokens)}")
+        types.append(1)
+    scores = [0.0 if t != 1 else -float(i) / 100 for i, t in enumerate(types)]
+    return tokens, scores, types
+
+
+def write_model(
+    path: Path | str,
+    *,
+    name: str = "tiny",
+    seed: int = 1,
+    layers: int = 2,
+    dim: int = 64,
+    heads: int = 4,
+    ff: int = 128,
+    ctx: int = 2048,
+    chat_template: bool = True,
+) -> Path:
+    """Write a tiny llama GGUF to `path` and return the path."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tokens, scores, types = build_vocab()
+    vocab = len(tokens)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(name)
+    writer.add_context_length(ctx)
+    writer.add_embedding_length(dim)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_rope_dimension_count(dim // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(tokens.index("<|im_end|>"))
+    writer.add_add_bos_token(False)
+    if chat_template:
+        writer.add_chat_template(CHATML_TEMPLATE)
+
+    def weights(*shape: int, scale: float = 0.02) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    embeddings = weights(vocab, dim, scale=0.5)
+    embeddings[:, 0] = 4.0  # constant channel: a bias after RMSNorm
+    output = weights(vocab, dim, scale=0.5)
+    output[:, 0] = 0.0
+    banned = np.array([t != 1 for t in types])
+    output[banned, 0] = -10.0
+    writer.add_tensor("token_embd.weight", embeddings)
+    writer.add_tensor("output_norm.weight", np.ones(dim, dtype=np.float32))
+    writer.add_tensor("output.weight", output)
+    for layer in range(layers):
+        prefix = f"blk.{layer}."
+        writer.add_tensor(prefix + "attn_norm.weight", np.ones(dim, dtype=np.float32))
+        writer.add_tensor(prefix + "attn_q.weight", weights(dim, dim))
+        writer.add_tensor(prefix + "attn_k.weight", weights(dim, dim))
+        writer.add_tensor(prefix + "attn_v.weight", weights(dim, dim))
+        writer.add_tensor(prefix + "attn_output.weight", weights(dim, dim))
+        writer.add_tensor(prefix + "ffn_norm.weight", np.ones(dim, dtype=np.float32))
+        writer.add_tensor(prefix + "ffn_gate.weight", weights(ff, dim))
+        writer.add_tensor(prefix + "ffn_up.weight", weights(ff, dim))
+        writer.add_tensor(prefix + "ffn_down.weight", weights(dim, ff))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--name", default="tiny")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--ctx", type=int, default=2048)
+    args = parser.parse_args(argv)
+    print(write_model(args.path, name=args.name, seed=args.seed, layers=args.layers, ctx=args.ctx))
+
+
+if __name__ == "__main__":
+    main()

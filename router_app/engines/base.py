@@ -1,0 +1,97 @@
+"""Engine adapters: how to talk to one kind of engine (readiness, auth, sleep/wake).
+
+Adapters hold no switching state. The readiness loop and the lifecycle live in
+`router_app.runtime`, shared by every engine.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import ClassVar
+
+import httpx
+
+from ..config import ModelConfig, read_secret
+
+
+class EngineError(Exception):
+    """The engine answered, but not in a way that lets us serve from it."""
+
+
+class Health(Enum):
+    NOT_YET = "not yet"
+    READY = "ready"
+
+
+# Status codes engines use for "still loading": llama.cpp, SGLang and vLLM send 503.
+_LOADING_STATUSES = {503}
+
+
+class EngineAdapter:
+    """Defaults follow the OpenAI-compatible servers: `/health`, Bearer auth, a 1-token probe."""
+
+    supports_sleep: ClassVar[bool] = False
+
+    def __init__(self, model: ModelConfig, client: httpx.AsyncClient) -> None:
+        self.model = model
+        self.client = client
+        self.api_key = read_secret(model.api_key_file)
+        self.base_url = f"http://{model.host}:{model.port}" if model.port else ""
+
+    def set_port(self, port: int) -> None:
+        self.base_url = f"http://{self.model.host}:{port}"
+
+    @property
+    def openai_base(self) -> str:
+        """Base URL that `/chat/completions` etc. are appended to."""
+        return f"{self.base_url}/v1"
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers that authorise a client request at the engine."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    async def health(self) -> Health:
+        """One readiness poll. Connection refused and 503 mean "not yet"."""
+        try:
+            response = await self.client.get(
+                self.base_url + self.model.effective_health_path, headers=self.auth_headers(), timeout=5.0
+            )
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.TimeoutException):
+            return Health.NOT_YET
+        if response.status_code in _LOADING_STATUSES:
+            return Health.NOT_YET
+        if response.status_code != 200:
+            raise EngineError(
+                f"health check {self.model.effective_health_path} answered {response.status_code}: "
+                f"{response.text[:300]}"
+            )
+        return Health.READY
+
+    async def probe_generation(self) -> Health:
+        """A 1-token generation: proves the model really answers (not just the HTTP server)."""
+        body = {"model": self.model.engine_name, "prompt": "Hi", "max_tokens": 1, "temperature": 0}
+        try:
+            response = await self.client.post(
+                self.openai_base + "/completions", json=body, headers=self.auth_headers(), timeout=120.0
+            )
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+            return Health.NOT_YET
+        if response.status_code in _LOADING_STATUSES:
+            return Health.NOT_YET
+        if response.status_code != 200:
+            raise EngineError(f"1-token probe answered {response.status_code}: {response.text[:300]}")
+        return Health.READY
+
+    async def sleep(self) -> None:
+        """Release GPU memory but keep the process (only where `supports_sleep`)."""
+        raise EngineError(f"{self.model.backend} cannot sleep")
+
+    async def wake(self) -> None:
+        """Undo `sleep`."""
+        raise EngineError(f"{self.model.backend} cannot wake")
+
+    async def _post_ok(self, path: str, what: str, **kwargs: object) -> httpx.Response:
+        response = await self.client.post(self.base_url + path, timeout=600.0, **kwargs)  # type: ignore[arg-type]
+        if response.status_code >= 400:
+            raise EngineError(f"{what} ({path}) answered {response.status_code}: {response.text[:300]}")
+        return response

@@ -1,0 +1,55 @@
+"""Prometheus metrics of the router (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "RouterMetrics"]
+
+
+class RouterMetrics:
+    """One registry per app, so several routers (tests) never share counters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "llm_router_requests",
+            "Proxied requests by model, endpoint and outcome",
+            ["model", "endpoint", "outcome"],
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "llm_router_inflight_requests",
+            "Requests being served or waiting, by model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.wait_seconds = Histogram(
+            "llm_router_wait_seconds",
+            "Time requests waited for their model",
+            ["model"],
+            registry=self.registry,
+            buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+        )
+        self.switches = Counter(
+            "llm_router_switches", "Model switches by target and outcome", ["model", "outcome"], registry=self.registry
+        )
+        self.switch_seconds = Histogram(
+            "llm_router_switch_seconds",
+            "Duration of model switches",
+            ["model"],
+            registry=self.registry,
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200),
+        )
+        self.completion_tokens = Counter(
+            "llm_router_completion_tokens", "Generated tokens reported by engines", ["model"], registry=self.registry
+        )
+
+    def switch_done(self, model: str, ok: bool, seconds: float) -> None:
+        self.switches.labels(model, "ok" if ok else "failed").inc()
+        if ok:
+            self.switch_seconds.labels(model).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,262 @@
+"""One model's engine as the switch owner sees it: state, start/wake, readiness, stop/sleep.
+
+The readiness loop lives here once for every engine kind: poll the adapter's health with
+backoff (connection refused and 503 mean "not yet"), then a 1-token generation probe, and
+abort the moment the supervisor reports that the engine died, with its last log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import TypeVar
+
+from .config import ModelConfig, RouterSettings
+from .engines import EngineAdapter, EngineError, Health
+from .supervisor import Supervisor, SupervisorError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+POLL_FIRST_S = 0.01
+POLL_MAX_S = 0.25
+
+
+class ModelState(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    SLEEPING = "sleeping"
+    FAILED = "failed"
+
+
+class SwitchError(Exception):
+    """Making a model resident failed; the message is fit to show to the client."""
+
+
+def free_port(host: str) -> int:
+    """A port the kernel considers free right now (the engine binds it moments later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def expand(argv: list[str], values: dict[str, str]) -> list[str]:
+    """Replace ${NAME} macros (PORT, HOST, MODEL_ID, SERVED_NAME) in a command."""
+    out = []
+    for arg in argv:
+        for name, value in values.items():
+            arg = arg.replace("${" + name + "}", value)
+        out.append(arg)
+    return out
+
+
+class ModelRuntime:
+    """Lifecycle of one model's engine. Only the switch owner calls `activate`/`deactivate`."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        adapter: EngineAdapter,
+        supervisor: Supervisor | None,
+        settings: RouterSettings,
+        on_lost: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.supervisor = supervisor
+        self._settings = settings
+        self.on_lost = on_lost
+        self.state = ModelState.READY if supervisor is None else ModelState.STOPPED
+        self.last_error: str | None = None
+        self.since = time.time()
+        self.port: int | None = model.port
+        self.load_seconds: float | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    def _set(self, state: ModelState) -> None:
+        self.state = state
+        self.since = time.time()
+
+    @property
+    def load_timeout_s(self) -> float:
+        return self.model.load_timeout_s or self._settings.load_timeout_s
+
+    def info(self) -> dict[str, object]:
+        """State for /health and /running."""
+        data: dict[str, object] = {
+            "state": self.state.value,
+            "since": round(self.since, 3),
+            "backend": self.model.backend.value,
+        }
+        if self.supervisor is not None:
+            data["supervisor"] = self.supervisor.description
+        if self.port:
+            data["port"] = self.port
+        if self.load_seconds is not None:
+            data["last_load_s"] = round(self.load_seconds, 3)
+        if self.last_error:
+            data["last_error"] = self.last_error
+        return data
+
+    async def activate(self) -> None:
+        """Make the engine ready to serve: start it, or wake it if it sleeps."""
+        if self.supervisor is None or self.state is ModelState.READY:
+            return
+        started = time.monotonic()
+        try:
+            if self.state is ModelState.SLEEPING:
+                self._set(ModelState.STARTING)
+                await self.adapter.wake()
+            else:
+                self._set(ModelState.STARTING)
+                await self._launch()
+            await self._wait_ready(started + self.load_timeout_s)
+        except (SwitchError, SupervisorError, EngineError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, SwitchError) else f"{self.model.id}: {exc}"
+            await self._cleanup_after_failure()
+            self.last_error = reason
+            self._set(ModelState.FAILED)
+            raise SwitchError(reason) from None
+        except BaseException:
+            await self._cleanup_after_failure()
+            self._set(ModelState.FAILED)
+            raise
+        self.load_seconds = time.monotonic() - started
+        self.last_error = None
+        self._set(ModelState.READY)
+        log.info("model %s ready in %.2f s (%s)", self.model.id, self.load_seconds, self.supervisor.description)
+
+    async def _launch(self) -> None:
+        assert self.supervisor is not None
+        argv = None
+        if self.model.command:
+            if self.model.port is None:
+                self.port = free_port(self.model.host)
+            self.adapter.set_port(self.port or 0)
+            argv = expand(
+                self.model.command,
+                {
+                    "PORT": str(self.port),
+                    "HOST": self.model.host,
+                    "MODEL_ID": self.model.id,
+                    "SERVED_NAME": self.model.engine_name,
+                },
+            )
+        await self.supervisor.start(argv, self.model.env)
+        self._watch = asyncio.create_task(self._watch_exit(self.supervisor), name=f"exit-{self.model.id}")
+
+    async def _watch_exit(self, supervisor: Supervisor) -> None:
+        how = await supervisor.wait_exit()
+        if self.state in (ModelState.READY, ModelState.SLEEPING):
+            self.last_error = f"engine {how}"
+            self._set(ModelState.FAILED)
+            if self.on_lost is not None:
+                self.on_lost(self.model.id, how)
+
+    async def _race_exit(self, step: Awaitable[T], deadline: float) -> T:
+        """Await `step`, but give up as soon as the engine dies or the deadline passes."""
+        assert self._watch is not None or self.supervisor is not None
+        exit_task = self._watch
+        step_task = asyncio.ensure_future(step)
+        waiting: set[asyncio.Future[object]] = {step_task}
+        if exit_task is not None:
+            waiting.add(exit_task)
+        remaining = deadline - time.monotonic()
+        done, _ = await asyncio.wait(waiting, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED)
+        if step_task in done:
+            return step_task.result()
+        step_task.cancel()
+        with contextlib.suppress(BaseException):
+            await step_task
+        if exit_task is not None and exit_task.done():
+            raise SwitchError(await self._died_message())
+        raise SwitchError(
+            await self._with_logs(
+                f"{self.model.id} did not become ready within {self.load_timeout_s:.0f} s (load_timeout_s)"
+            )
+        )
+
+    async def _died_message(self) -> str:
+        assert self.supervisor is not None
+        how = await self.supervisor.wait_exit()
+        return await self._with_logs(f"{self.model.id}: engine {how} while loading")
+
+    async def _with_logs(self, message: str) -> str:
+        assert self.supervisor is not None
+        lines = await self.supervisor.recent_logs(12)
+        if not lines:
+            return message
+        return message + "; last log lines:\n" + "\n".join(lines)
+
+    async def _wait_ready(self, deadline: float) -> None:
+        delay = POLL_FIRST_S
+        for check in (self.adapter.health, self.adapter.probe_generation):
+            while await self._race_exit(check(), deadline) is not Health.READY:
+                await self._race_exit(asyncio.sleep(delay), deadline)
+                delay = min(delay * 1.5, POLL_MAX_S)
+
+    async def deactivate(self) -> None:
+        """Free the GPU: sleep where the model is configured for it and the engine can, else stop."""
+        if self.supervisor is None or self.state is ModelState.STOPPED:
+            return
+        if self.model.evict == "sleep" and self.adapter.supports_sleep and self.state is ModelState.READY:
+            try:
+                await self.adapter.sleep()
+                self._set(ModelState.SLEEPING)
+                return
+            except (EngineError, OSError) as exc:
+                log.warning("model %s could not sleep (%s); stopping it instead", self.model.id, exc)
+        if self.state is ModelState.FAILED:
+            # Leftovers of a failed start or a crash: make sure nothing runs, but keep showing the failure.
+            await self._stop_supervisor()
+            return
+        self._set(ModelState.STOPPING)
+        await self._stop_supervisor()
+        self._set(ModelState.STOPPED)
+
+    async def _stop_supervisor(self) -> None:
+        assert self.supervisor is not None
+        try:
+            await self.supervisor.stop()
+        finally:
+            if self._watch is not None:
+                self._watch.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._watch
+                self._watch = None
+
+    async def _cleanup_after_failure(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._stop_supervisor()
+
+    async def adopt(self) -> bool:
+        """At router start: take over an engine that is already running and healthy (systemd units)."""
+        if self.supervisor is None or not await self.supervisor.is_running():
+            return False
+        try:
+            healthy = await self.adapter.health() is Health.READY
+        except EngineError:
+            healthy = False
+        if not healthy:
+            await self._cleanup_after_failure()
+            return False
+        self._watch = asyncio.create_task(self._watch_exit(self.supervisor), name=f"exit-{self.model.id}")
+        self._set(ModelState.READY)
+        log.info("model %s was already running (%s): adopted", self.model.id, self.supervisor.description)
+        return True
+
+    async def shutdown(self) -> None:
+        """Stop the engine when the router exits (process supervisor only: units stay as they are)."""
+        if self.supervisor is not None and self.state is not ModelState.STOPPED:
+            self._set(ModelState.STOPPING)
+            with contextlib.suppress(Exception):
+                await self._stop_supervisor()
+            self._set(ModelState.STOPPED)

@@ -1,0 +1,304 @@
+"""End-to-end behaviour against real llama-server engines on tiny generated models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import llama_model, sse_events, wait_until
+
+pytestmark = pytest.mark.llama
+
+
+@pytest.fixture
+def two_models(llama_server_bin: Path, models_dir: Path) -> list[dict]:
+    return [
+        llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "tiny-a", aliases=["a"]),
+        llama_model(llama_server_bin, models_dir / "tiny-b.gguf", "tiny-b"),
+    ]
+
+
+def chat_stream(url: str, model: str, max_tokens: int = 8) -> tuple[list[dict], list[str]]:
+    """Raw streaming chat: (parsed events, raw payloads)."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200, response.read()
+        raw = list(sse_events(response.iter_lines()))
+    assert raw[-1] == "[DONE]"
+    return [json.loads(p) for p in raw[:-1]], raw
+
+
+def test_models_listed_and_switch_streams_status(start_router, two_models) -> None:
+    router = start_router(two_models)
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
+    assert [m.id for m in client.models.list().data] == ["tiny-a", "tiny-b"]
+
+    stream = client.chat.completions.create(
+        model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text.strip() and text.isprintable()
+    assert router.health()["current"] == ["tiny-a"]
+
+    events, _ = chat_stream(router.url, "tiny-b")
+    statuses = [e["event"]["data"] for e in events if "event" in e]
+    assert statuses[0]["done"] is False and "tiny-b" in statuses[0]["description"] + statuses[1]["description"]
+    assert any(s["done"] and "loaded" in s["description"] for s in statuses)
+    assert statuses[-1]["done"] and "tok/s" in statuses[-1]["description"]  # speed report
+    content = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
+    assert content and all(e["model"] == "tiny-b" for e in events)
+    assert not any("usage" in e for e in events), "usage was not requested, so it must not be relayed"
+
+    health = router.health()
+    assert health["current"] == ["tiny-b"]
+    states = {m["id"]: m["state"] for m in health["models"]}
+    assert states == {"tiny-a": "stopped", "tiny-b": "ready"}
+
+
+def test_usage_relayed_when_asked_and_alias_echoed(start_router, two_models) -> None:
+    router = start_router(two_models)
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
+    chunks = list(
+        client.chat.completions.create(
+            model="a",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = [c.usage for c in chunks if c.usage]
+    assert usage and usage[-1].completion_tokens == 5
+    assert {c.model for c in chunks} == {"a"}
+    reply = client.chat.completions.create(model="a", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert reply.model == "a" and reply.usage.completion_tokens == 3
+    completion = client.completions.create(model="tiny-b", prompt="Once", max_tokens=4)
+    assert completion.model == "tiny-b" and completion.choices[0].text
+
+
+def test_concurrent_clients_alternating_models(start_router, two_models) -> None:
+    """8 clients, 100 requests alternating between two models: no failures, every answer from the model asked."""
+    router = start_router(two_models)
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+    def one(index: int) -> str:
+        model = ["tiny-a", "tiny-b", "a"][index % 3]
+        if index % 2:
+            reply = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": f"q{index}"}], max_tokens=4
+            )
+            assert reply.choices[0].message.content
+            return model if reply.model == model else f"wrong model {reply.model} for {model}"
+        chunks = list(
+            client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "x"}], max_tokens=4, stream=True
+            )
+        )
+        models = {c.model for c in chunks if c.choices}
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return model if models == {model} else f"wrong model {models} for {model}"
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(100)))
+    assert results == [["tiny-a", "tiny-b", "a"][i % 3] for i in range(100)]
+    metrics = httpx.get(router.url + "/metrics").text
+    assert 'llm_router_requests_total{endpoint="chat/completions",model="tiny-a",outcome="ok"}' in metrics
+
+
+def test_switch_waits_for_streaming_request_to_finish(start_router, llama_server_bin, models_dir) -> None:
+    router = start_router(
+        [
+            llama_model(llama_server_bin, models_dir / "tiny-long.gguf", "long", ctx=4096),
+            llama_model(llama_server_bin, models_dir / "tiny-b.gguf", "tiny-b"),
+        ]
+    )
+    marks: dict[str, float] = {}
+    first_chunk = threading.Event()
+
+    def stream_long() -> int:
+        body = {
+            "model": "long",
+            "prompt": "Once",
+            "max_tokens": 1500,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        tokens = 0
+        with httpx.stream("POST", router.url + "/v1/completions", json=body, timeout=300) as response:
+            for payload in sse_events(response.iter_lines()):
+                if payload == "[DONE]":
+                    marks["a_done"] = time.monotonic()
+                    break
+                event = json.loads(payload)
+                if event.get("choices"):
+                    first_chunk.set()
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+        return tokens
+
+    with ThreadPoolExecutor(2) as pool:
+        long_future = pool.submit(stream_long)
+        first_chunk.wait(120)
+        events, _ = chat_stream(router.url, "tiny-b")
+        marks["b_done"] = time.monotonic()
+        assert long_future.result() == 1500, "the long stream must not be cut by the switch"
+    waiting = [e["event"]["data"]["description"] for e in events if "event" in e]
+    assert any("Waiting for 1 request(s) on long" in d for d in waiting), waiting
+    assert marks["a_done"] <= marks["b_done"]
+
+
+def test_engine_killed_mid_stream_then_recovers(start_router, llama_server_bin, models_dir) -> None:
+    router = start_router([llama_model(llama_server_bin, models_dir / "tiny-long.gguf", "long", ctx=32768)])
+    body = {"model": "long", "prompt": "Once", "max_tokens": 30000, "stream": True}
+    payloads = []
+    with httpx.stream("POST", router.url + "/v1/completions", json=body, timeout=120) as response:
+        lines = response.iter_lines()
+        for payload in sse_events(lines):
+            payloads.append(payload)
+            if len(payloads) == 3:
+                os.kill(router.engine_pid("long"), signal.SIGKILL)
+            if payload == "[DONE]":
+                break
+    assert payloads[-1] == "[DONE]"
+    error = json.loads(payloads[-2])
+    assert "error" in error and "long" in error["error"]["message"]
+    wait_until(lambda: router.health()["models"][0]["state"] == "failed", "engine loss noticed")
+
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
+    reply = client.completions.create(model="long", prompt="Again", max_tokens=3)
+    assert reply.choices[0].text and router.health()["current"] == ["long"]
+
+
+def test_bad_model_path_fails_when_engine_exits(start_router, llama_server_bin, models_dir, tmp_path) -> None:
+    router = start_router(
+        [
+            llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "tiny-a"),
+            llama_model(llama_server_bin, tmp_path / "missing.gguf", "broken"),
+        ],
+        load_timeout_s=3600,
+    )
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
+    assert client.chat.completions.create(
+        model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    ).choices
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as failure:
+        client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    elapsed = time.monotonic() - started
+    assert failure.value.status_code == 503
+    message = failure.value.body["message"]
+    assert "broken: engine exited with status 1 while loading" in message and "missing.gguf" in message
+    assert elapsed < 3600, "failure must come from the process exit, not the load timeout"
+    print(f"bad model path failed after {elapsed:.2f} s")
+
+    # Streaming clients get the reason as an error event, then [DONE].
+    _, events = chat_stream(router.url, "broken")
+    assert "exited with status 1" in json.loads(events[-2])["error"]["message"]
+
+    # The router keeps serving the other model.
+    assert (
+        client.chat.completions.create(model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=2).model
+        == "tiny-a"
+    )
+    assert next(m for m in router.health()["models"] if m["id"] == "broken")["state"] == "failed"
+
+
+def _engine_metrics(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {k: float(v) for k, v in (line.split() for line in text.splitlines() if line and not line.startswith("#"))}
+
+
+def _router_connections_to(port: int) -> int:
+    """ESTABLISHED TCP connections on this host whose remote end is `port` (the router's upstream sockets)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in list(handle)[1:]:
+                fields = line.split()
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    count += 1
+    return count
+
+
+def _send_raw(router_port: int, body: dict) -> socket.socket:
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", router_port))
+    sock.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+    )
+    return sock
+
+
+def test_client_disconnect_cancels_streaming_generation(start_router, llama_server_bin, models_dir) -> None:
+    """Closing the client socket mid-stream stops the engine's generation (llama-server cancels its task)."""
+    router = start_router(
+        [llama_model(llama_server_bin, models_dir / "tiny-long.gguf", "long", "--metrics", ctx=32768)]
+    )
+    openai.OpenAI(base_url=router.url + "/v1", api_key="unused").completions.create(
+        model="long", prompt="warm", max_tokens=1
+    )
+    port = router.engine_port("long")
+    before = _engine_metrics(port)["llamacpp:tokens_predicted_total"]
+    with _send_raw(router.port, {"model": "long", "prompt": "Once", "max_tokens": 30000, "stream": True}) as sock:
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        wait_until(lambda: _engine_metrics(port)["llamacpp:requests_processing"] == 1, "generation to start")
+    wait_until(lambda: _engine_metrics(port)["llamacpp:requests_processing"] == 0, "generation cancelled", 120)
+    predicted = _engine_metrics(port)["llamacpp:tokens_predicted_total"] - before
+    assert 0 < predicted < 30000
+    wait_until(lambda: router.health()["models"][0]["inflight"] == 0, "request released")
+
+
+def test_client_disconnect_closes_upstream_request(start_router, llama_server_bin, models_dir) -> None:
+    """Non-streaming: the router drops its upstream connection as soon as the client goes.
+
+    (llama-server b11312 itself only notices a closed connection while streaming; for a
+    non-streaming request it finishes the generation it started, which the router cannot change.)
+    """
+    router = start_router(
+        [llama_model(llama_server_bin, models_dir / "tiny-long.gguf", "long", "--metrics", ctx=32768)]
+    )
+    openai.OpenAI(base_url=router.url + "/v1", api_key="unused").completions.create(
+        model="long", prompt="warm", max_tokens=1
+    )
+    port = router.engine_port("long")
+    with _send_raw(router.port, {"model": "long", "prompt": "Once", "max_tokens": 30000}):
+        wait_until(lambda: _engine_metrics(port)["llamacpp:requests_processing"] == 1, "generation to start")
+        assert router.health()["models"][0]["inflight"] == 1
+    wait_until(lambda: _router_connections_to(port) == 0, "upstream connection closed")
+    wait_until(lambda: router.health()["models"][0]["inflight"] == 0, "request released")
+
+
+def test_openai_shaped_errors(start_router, two_models) -> None:
+    router = start_router(two_models)
+    url = router.url + "/v1/chat/completions"
+    unknown = httpx.post(url, json={"model": "nope", "messages": []})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    bad_json = httpx.post(url, content=b"{not json", headers={"Content-Type": "application/json"})
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["type"] == "invalid_request_error"
+    missing = httpx.post(url, json={"messages": []})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "model"
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    # Errors from the engine keep their status when the model is already resident.
+    client.chat.completions.create(model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    engine_error = httpx.post(url, json={"model": "tiny-a", "messages": "not a list", "stream": True})
+    assert engine_error.status_code in (400, 500) and "error" in engine_error.json()
+    assert httpx.get(router.url + "/health/tiny-a").json()["state"] == "ready"
+    assert httpx.get(router.url + "/health/nope").status_code == 404
