@@ -86,6 +86,7 @@ def make_app(args: argparse.Namespace) -> Starlette:
             return JSONResponse({"error": {"message": "model is not loaded", "type": "unavailable_error"}}, 503)
         state["requests"] += 1
         body = await request.json()
+        state["last_body"] = body
         chat = request.url.path.endswith("chat/completions")
         n = int(body.get("max_tokens") or 8)
         name = args.model_name or args.served_name

@@ -302,3 +302,14 @@ def test_openai_shaped_errors(start_router, two_models) -> None:
     assert engine_error.status_code in (400, 500) and "error" in engine_error.json()
     assert httpx.get(router.url + "/health/tiny-a").json()["state"] == "ready"
     assert httpx.get(router.url + "/health/nope").status_code == 404
+
+
+def test_embeddings(start_router, llama_server_bin, models_dir) -> None:
+    router = start_router(
+        [
+            llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "embed", "--embeddings", "--pooling", "mean"),
+        ]
+    )
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
+    result = client.embeddings.create(model="embed", input=["hello", "world"])
+    assert result.model == "embed" and len(result.data) == 2 and len(result.data[0].embedding) == 64

@@ -1,0 +1,76 @@
+"""The process supervisor against real child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from router_app.supervisor import ProcessSupervisor, SupervisorError
+
+pytestmark = pytest.mark.anyio
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+async def test_exit_is_noticed_at_once_with_logs() -> None:
+    exits: list[str] = []
+    sup = ProcessSupervisor("m", on_exit=exits.append)
+    await sup.start(["sh", "-c", "echo loading; echo 'error: no such file' >&2; exit 3"])
+    assert await asyncio.wait_for(sup.wait_exit(), 10) == "exited with status 3"
+    assert exits == ["exited with status 3"]
+    logs = await sup.recent_logs()
+    assert "loading" in logs and "error: no such file" in logs
+    assert not await sup.is_running()
+
+
+async def test_stop_terminates_the_whole_process_group() -> None:
+    sup = ProcessSupervisor("m", stop_timeout_s=10)
+    await sup.start(["sh", "-c", "sleep 300 & echo child $!; wait"])
+    await _wait_for_line(sup, "child ")
+    child = int(next(line for line in await sup.recent_logs() if line.startswith("child ")).split()[1])
+    assert alive(child) and await sup.is_running()
+    await sup.stop()
+    assert not await sup.is_running()
+    assert not alive(child), "children of the engine must not outlive it"
+
+
+async def test_stop_escalates_to_sigkill_after_grace() -> None:
+    exits: list[str] = []
+    sup = ProcessSupervisor("m", stop_timeout_s=0.3, on_exit=exits.append)
+    script = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(300)"
+    )
+    await sup.start([sys.executable, "-c", script])
+    await _wait_for_line(sup, "up")
+    await sup.stop()
+    assert await sup.wait_exit() == "killed by SIGKILL"
+    assert exits == [], "an exit we asked for is not reported as a crash"
+
+
+async def test_missing_binary_is_a_clear_error() -> None:
+    sup = ProcessSupervisor("m")
+    with pytest.raises(SupervisorError, match="cannot run '/nonexistent/llama-server'"):
+        await sup.start(["/nonexistent/llama-server"])
+
+
+async def _wait_for_line(sup: ProcessSupervisor, prefix: str) -> None:
+    delay = 0.01
+    for _ in range(200):
+        if any(line.startswith(prefix) for line in await sup.recent_logs()):
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    raise AssertionError(f"no line starting with {prefix!r}")
