@@ -116,6 +116,8 @@ class ModelRuntime:
                 self._set(ModelState.STARTING)
                 await self.adapter.wake()
             else:
+                if self.state is ModelState.FAILED:
+                    await self._stop_supervisor()  # an engine marked unreachable may still be running
                 self._set(ModelState.STARTING)
                 await self._launch()
             await self._wait_ready(started + self.load_timeout_s)

@@ -60,6 +60,7 @@ class Ticket:
         if self.granted.done() and not self.granted.cancelled() and self.granted.exception() is None:
             self._switcher.apply(self._switcher.scheduler.release(self.request_id))
         else:
+            self._switcher.forget(self.request_id)
             self._switcher.apply(self._switcher.scheduler.cancel(self.request_id))
             if not self.granted.done():
                 self.granted.cancel()
@@ -92,6 +93,10 @@ class Switcher:
         self.apply(self.scheduler.request(ticket.request_id, model))
         ticket.waited = not ticket.granted.done()
         return ticket
+
+    def forget(self, request_id: int) -> None:
+        """Drop a ticket whose client went away before it was granted."""
+        self._tickets.pop(request_id, None)
 
     def apply(self, effects: list[Effect]) -> None:
         for effect in effects:

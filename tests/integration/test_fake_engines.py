@@ -70,7 +70,7 @@ def test_vllm_bearer_key_and_sleep_mode(start_router, key_file) -> None:
 def test_sglang_health_503_while_loading_then_memory_release(start_router) -> None:
     router = start_router(
         [
-            fake_model("sglang", "s1", "--load-seconds", "1.0", evict="sleep"),
+            fake_model("sglang", "Qwen/Qwen2.5-7B", "--load-seconds", "1.0", evict="sleep", aliases=["s1"]),
             fake_model("sglang", "s2", "--load-seconds", "0.2", evict="sleep"),
         ]
     )
@@ -78,9 +78,11 @@ def test_sglang_health_503_while_loading_then_memory_release(start_router) -> No
     chunks = list(chat(client, "s1", stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "tok0 tok1 tok2 "
     assert chat(client, "s2").model == "s2"
-    assert stats(router, "s1")["sleeps"] == 1
-    assert chat(client, "s1").model == "s1"
-    assert stats(router, "s1")["wakes"] == 1 and stats(router, "s2")["sleeps"] == 1
+    assert stats(router, "Qwen/Qwen2.5-7B")["sleeps"] == 1
+    assert chat(client, "Qwen/Qwen2.5-7B").model == "Qwen/Qwen2.5-7B"
+    assert stats(router, "Qwen/Qwen2.5-7B")["wakes"] == 1 and stats(router, "s2")["sleeps"] == 1
+    health = httpx.get(router.url + "/health/Qwen%2FQwen2.5-7B").json()
+    assert health["id"] == "Qwen/Qwen2.5-7B" and health["state"] == "ready"
 
 
 def test_tabbyapi_keys_from_api_tokens_and_admin_unload_load(start_router, tmp_path) -> None:

@@ -1,0 +1,128 @@
+"""The switch owner with in-memory engines: ordering of stop/start, drain timeout, failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from router_app.config import ModelConfig, RouterSettings
+from router_app.engines import EngineAdapter, Health
+from router_app.runtime import ModelRuntime, SwitchError
+from router_app.switcher import Switcher
+
+pytestmark = pytest.mark.anyio
+
+
+class MemorySupervisor:
+    """Records lifecycle calls into a shared journal; `fail_start` makes the engine die while loading."""
+
+    def __init__(self, name: str, journal: list[str], fail_start: bool = False) -> None:
+        self.name = name
+        self.description = f"memory {name}"
+        self.journal = journal
+        self.fail_start = fail_start
+        self.running = False
+        self.exited: asyncio.Future[str] | None = None
+
+    async def start(self, argv=None, env=None) -> None:
+        self.journal.append(f"start {self.name}")
+        self.running = True
+        self.exited = asyncio.get_running_loop().create_future()
+        if self.fail_start:
+            self.running = False
+            self.exited.set_result("exited with status 1")
+
+    async def stop(self) -> None:
+        self.journal.append(f"stop {self.name}")
+        self.running = False
+        if self.exited is not None and not self.exited.done():
+            self.exited.set_result("exited with status 0")
+
+    async def wait_exit(self) -> str:
+        assert self.exited is not None
+        return await asyncio.shield(self.exited)
+
+    async def is_running(self) -> bool:
+        return self.running
+
+    async def recent_logs(self, lines: int = 20) -> list[str]:
+        return ["error: failed to load model"]
+
+
+class ReadyAdapter(EngineAdapter):
+    def __init__(self, model: ModelConfig, supervisor: MemorySupervisor) -> None:
+        super().__init__(model, client=None)  # type: ignore[arg-type]
+        self.supervisor = supervisor
+
+    async def health(self) -> Health:
+        return Health.READY if self.supervisor.running else Health.NOT_YET
+
+    async def probe_generation(self) -> Health:
+        return Health.READY
+
+
+def build(journal: list[str], drain_timeout_s: float = 30, failing: str = "") -> Switcher:
+    settings = RouterSettings()
+    runtimes = {}
+    for name in ("a", "b"):
+        model = ModelConfig(id=name, backend="llamacpp", port=1, command=["x"])
+        supervisor = MemorySupervisor(name, journal, fail_start=name == failing)
+        runtimes[name] = ModelRuntime(model, ReadyAdapter(model, supervisor), supervisor, settings)
+    return Switcher(runtimes, drain_timeout_s)
+
+
+async def test_evicted_model_stops_before_target_starts() -> None:
+    journal: list[str] = []
+    switcher = build(journal)
+    await switcher.load("a")
+    first = switcher.ticket("b")
+    await first.wait()
+    assert journal == ["start a", "stop a", "start b"]
+    assert switcher.current() == {"default": "b"}
+    first.release()
+
+
+async def test_drain_timeout_evicts_anyway() -> None:
+    journal: list[str] = []
+    switcher = build(journal, drain_timeout_s=0.05)
+    busy = switcher.ticket("a")
+    await busy.wait()  # never released: a stuck request
+    other = switcher.ticket("b")
+    await asyncio.wait_for(other.wait(), 10)
+    assert journal == ["start a", "stop a", "start b"]
+    busy.release()
+    other.release()
+    assert switcher.scheduler.inflight("a") == 0 and switcher.scheduler.inflight("b") == 0
+
+
+async def test_failed_load_reports_logs_and_router_recovers() -> None:
+    journal: list[str] = []
+    switcher = build(journal, failing="b")
+    with pytest.raises(SwitchError, match="b: engine exited with status 1 while loading") as err:
+        await switcher.load("b")
+    assert "error: failed to load model" in str(err.value)
+    assert switcher.runtimes["b"].state == "failed"
+    await switcher.load("a")
+    assert switcher.current() == {"default": "a"}
+
+
+async def test_waiting_ticket_released_by_vanished_client() -> None:
+    journal: list[str] = []
+    switcher = build(journal)
+    await switcher.load("a")
+    holder = switcher.ticket("a")
+    await holder.wait()
+    waiting = switcher.ticket("b")
+    assert "Waiting for 1 request(s) on a" in waiting.status()
+    waiting.release()  # the client went away
+    holder.release()
+    await asyncio.wait_for(_until(lambda: not switcher.switching()), 10)
+    assert switcher.scheduler.inflight("b") == 0 and not switcher._tickets
+
+
+async def _until(predicate) -> None:
+    delay = 0.001
+    while not predicate():
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
