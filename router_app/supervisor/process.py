@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -14,6 +15,18 @@ from pathlib import Path
 from .base import SupervisorError
 
 log = logging.getLogger(__name__)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL if the router dies, so no engine is orphaned holding a GPU."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 def describe_returncode(code: int) -> str:
@@ -73,6 +86,7 @@ class ProcessSupervisor:
                 env={**os.environ, **(env or {})},
                 cwd=self._workdir,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             raise SupervisorError(f"{self.name}: cannot run {argv[0]!r}: {exc.strerror}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,33 @@ async def _wait_for_line(sup: ProcessSupervisor, prefix: str) -> None:
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.2)
     raise AssertionError(f"no line starting with {prefix!r}")
+
+
+def test_engine_dies_with_the_router() -> None:
+    """An engine started by a router that is SIGKILLed (no chance to clean up) does not linger."""
+    import signal
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent("""
+        import asyncio, sys
+        from router_app.supervisor import ProcessSupervisor
+        async def main():
+            sup = ProcessSupervisor("m")
+            await sup.start(["sleep", "300"])
+            print(sup.pid, flush=True)
+            await asyncio.sleep(300)
+        asyncio.run(main())
+    """)
+    router = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    engine_pid = int(router.stdout.readline())
+    assert alive(engine_pid)
+    router.send_signal(signal.SIGKILL)
+    router.wait()
+    delay = 0.01
+    for _ in range(100):
+        if not alive(engine_pid):
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    assert not alive(engine_pid)
