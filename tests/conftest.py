@@ -164,10 +164,11 @@ def start_router(tmp_path: Path) -> Iterator[Any]:
             ]
         router.stop()
         for pid in pids:
-            assert not _alive(pid), f"engine pid {pid} outlived the router"
+            assert not pid_alive(pid), f"engine pid {pid} outlived the router"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

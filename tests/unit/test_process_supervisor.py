@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from router_app.supervisor import ProcessSupervisor, SupervisorError
+from tests.conftest import pid_alive
 
 pytestmark = pytest.mark.anyio
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 async def test_exit_is_noticed_at_once_with_logs() -> None:
@@ -42,10 +30,10 @@ async def test_stop_terminates_the_whole_process_group() -> None:
     await sup.start(["sh", "-c", "sleep 300 & echo child $!; wait"])
     await _wait_for_line(sup, "child ")
     child = int(next(line for line in await sup.recent_logs() if line.startswith("child ")).split()[1])
-    assert alive(child) and await sup.is_running()
+    assert pid_alive(child) and await sup.is_running()
     await sup.stop()
     assert not await sup.is_running()
-    assert not alive(child), "children of the engine must not outlive it"
+    assert not pid_alive(child), "children of the engine must not outlive it"
 
 
 async def test_stop_escalates_to_sigkill_after_grace() -> None:
@@ -95,13 +83,13 @@ def test_engine_dies_with_the_router() -> None:
     """)
     router = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     engine_pid = int(router.stdout.readline())
-    assert alive(engine_pid)
+    assert pid_alive(engine_pid)
     router.send_signal(signal.SIGKILL)
     router.wait()
     delay = 0.01
     for _ in range(100):
-        if not alive(engine_pid):
+        if not pid_alive(engine_pid):
             break
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
-    assert not alive(engine_pid)
+    assert not pid_alive(engine_pid)
