@@ -7,7 +7,7 @@ CACHE := $(HOME)/.cache/llm-router
 DEMO_DIR := demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration llama-server clean help
+.PHONY: demo demo-assets test lint ansible-lint unit integration molecule llama-server clean help
 
 help:
 	@echo "make demo   - router on 127.0.0.1:8002 with two tiny llama.cpp models (no GPU, no root)"
@@ -17,7 +17,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ansible]'
 	touch $@
 
 llama-server: $(STAMP)
@@ -29,8 +29,28 @@ demo: $(STAMP) llama-server
 	$(BIN)/llm-router serve --config $(DEMO_DIR)/config.yml
 
 lint: $(STAMP)
-	$(BIN)/ruff check router_app tests
-	$(BIN)/ruff format --check router_app tests
+	$(BIN)/ruff check router_app tests roles molecule
+	$(BIN)/ruff format --check router_app tests roles molecule
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint --offline --profile production
+	$(BIN)/ansible-playbook site.yml -i inventories/example --syntax-check
+
+demo-assets: $(STAMP) llama-server
+	$(BIN)/python -m router_app.devtools.demo --dir $(DEMO_DIR) \
+		--llama-server "$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)"
+
+# Role test on a real systemd: Debian 12 booted with systemd-nspawn (needs root).
+molecule: $(STAMP) llama-server
+	set -e; \
+	rootfs="$$(molecule/scripts/rootfs.sh)"; \
+	llama_bin="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)"; \
+	archive="$$(dirname "$$(dirname "$$(dirname "$$llama_bin")")")/src/llama.cpp-b11312.tar.gz"; \
+	models="$$(mktemp -d)"; \
+	$(BIN)/python -m router_app.devtools.tiny_gguf "$$models/tiny-a.gguf" --name tiny-a --seed 1 >/dev/null; \
+	$(BIN)/python -m router_app.devtools.tiny_gguf "$$models/tiny-b.gguf" --name tiny-b --seed 2 >/dev/null; \
+	export PATH="$(CURDIR)/$(BIN):$$PATH" NSPAWN_ROOTFS="$$rootfs" LLAMACPP_ARCHIVE="$$archive" \
+		MOLECULE_MODELS_DIR="$$models" ANSIBLE_HOME="$(CURDIR)/.ansible" \
+		MOLECULE_EPHEMERAL_DIRECTORY="$(CURDIR)/.ansible/molecule/default"; \
+	molecule test -s default; rc=$$?; rm -rf "$$models"; exit $$rc
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
@@ -40,6 +60,7 @@ integration: $(STAMP) llama-server
 
 test: lint llama-server
 	LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" $(BIN)/python -m pytest -q -ra
+	$(MAKE) molecule
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

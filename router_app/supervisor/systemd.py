@@ -82,11 +82,16 @@ class SystemdSupervisor:
         self._restarts_at_start: int | None = None
 
     async def _systemctl_cmd(self, *args: str) -> CommandResult:
+        """start/stop: through the configured prefix (e.g. sudo -n systemctl), which carries the privilege."""
         return await self._run([*self._systemctl, *args])
+
+    async def _query(self, *args: str) -> CommandResult:
+        """Read-only queries need no privilege: plain systemctl."""
+        return await self._run(["systemctl", *args])
 
     async def show(self) -> dict[str, str]:
         """The unit's state properties (ActiveState, SubState, Result, ExecMainStatus, NRestarts)."""
-        result = await self._systemctl_cmd("show", self.unit, "--property=" + ",".join(_SHOW_PROPERTIES))
+        result = await self._query("show", self.unit, "--property=" + ",".join(_SHOW_PROPERTIES))
         props: dict[str, str] = {}
         for line in result.stdout.splitlines():
             key, sep, value = line.partition("=")
@@ -108,7 +113,7 @@ class SystemdSupervisor:
             raise SupervisorError(f"systemctl stop {self.unit} failed: {result.stderr.strip()}")
 
     async def is_running(self) -> bool:
-        result = await self._systemctl_cmd("is-active", "--quiet", self.unit)
+        result = await self._query("is-active", "--quiet", self.unit)
         return result.returncode == 0
 
     def _death(self, props: dict[str, str]) -> str | None:

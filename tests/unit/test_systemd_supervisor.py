@@ -72,10 +72,10 @@ async def test_start_stop_and_query_commands() -> None:
     assert await sup.recent_logs(5) == ["line 1", "error: model not found"]
     props = "--property=ActiveState,SubState,Result,ExecMainStatus,NRestarts"
     assert fake.calls == [
-        ["sudo", "-n", "systemctl", "show", unit, props],
+        ["systemctl", "show", unit, props],
         ["sudo", "-n", "systemctl", "start", unit],
         ["sudo", "-n", "systemctl", "stop", unit],
-        ["sudo", "-n", "systemctl", "is-active", "--quiet", unit],
+        ["systemctl", "is-active", "--quiet", unit],
         ["journalctl", "--unit", unit, "--lines", "5", "--no-pager", "--output", "cat"],
     ]
 
