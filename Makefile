@@ -7,12 +7,13 @@ CACHE := $(HOME)/.cache/llm-router
 DEMO_DIR := demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-assets test lint ansible-lint unit integration molecule llama-server clean help
+.PHONY: demo demo-assets test lint unit integration molecule bench llama-server clean help
 
 help:
 	@echo "make demo   - router on 127.0.0.1:8002 with two tiny llama.cpp models (no GPU, no root)"
 	@echo "make test   - lint + all tests (what CI runs)"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff, ansible-lint, playbook syntax check"
+	@echo "make bench  - benchmarks; writes docs/benchmarks.md"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +30,11 @@ demo: $(STAMP) llama-server
 	$(BIN)/llm-router serve --config $(DEMO_DIR)/config.yml
 
 lint: $(STAMP)
-	$(BIN)/ruff check router_app tests roles molecule
-	$(BIN)/ruff format --check router_app tests roles molecule
+	$(BIN)/ruff check router_app tests roles molecule bench
+	$(BIN)/ruff format --check router_app tests roles molecule bench
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint --offline --profile production
 	$(BIN)/ansible-playbook site.yml -i inventories/example --syntax-check
+	$(BIN)/ansible-playbook site.yml -i inventories/local --syntax-check
 
 demo-assets: $(STAMP) llama-server
 	$(BIN)/python -m router_app.devtools.demo --dir $(DEMO_DIR) \
@@ -61,6 +63,10 @@ integration: $(STAMP) llama-server
 test: lint llama-server
 	LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" $(BIN)/python -m pytest -q -ra
 	$(MAKE) molecule
+
+# Benchmarks (not part of `make test`): writes docs/benchmarks.md.
+bench: $(STAMP) llama-server
+	LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" $(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import socket
 import sys
@@ -23,7 +22,9 @@ def _load(path: Path | None) -> Config:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP, and
+    # without it every response pays ~40 ms of Nagle + delayed-ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -62,7 +63,7 @@ def serve(args: argparse.Namespace) -> None:
         )
     )
     logging.getLogger("router_app").info("llm-router listening on http://%s:%d/v1", host, actual_port)
-    asyncio.run(server.serve(sockets=[sock]))
+    server.run(sockets=[sock])  # uvicorn's loop factory: uvloop when installed
 
 
 def check_config(args: argparse.Namespace) -> None:
@@ -89,6 +90,12 @@ def models(args: argparse.Namespace) -> None:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
 
 
+def bench(args: argparse.Namespace) -> None:
+    from .bench import main as bench_main
+
+    raise SystemExit(bench_main(args))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="llm-router",
@@ -113,6 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.set_defaults(func=serve)
     command("check-config", "validate the config file and exit").set_defaults(func=check_config)
     command("models", "list the configured models").set_defaults(func=models)
+    bench_parser = commands.add_parser("bench", help="load-test an OpenAI-compatible URL (router or engine)")
+    from .bench import add_arguments
+
+    add_arguments(bench_parser)
+    bench_parser.set_defaults(func=bench)
 
     args = parser.parse_args(argv)
     args.func(args)

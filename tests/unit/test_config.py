@@ -90,3 +90,17 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         main(["check-config", "--config", str(bad)])
     assert exit_info.value.code == 2
     assert f"invalid config {bad}" in capsys.readouterr().err
+
+
+def test_listen_socket_is_tcp_so_asyncio_disables_nagle() -> None:
+    """asyncio sets TCP_NODELAY on accepted sockets only when the listening socket's proto is IPPROTO_TCP;
+    without it each response waited ~40 ms for a delayed ACK (found by bench/latency.py)."""
+    import socket
+
+    from router_app.cli import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -1,0 +1,94 @@
+"""Run the four benchmarks, print their ratios and write docs/benchmarks.md (`make bench`).
+
+python bench/run_all.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import footprint
+import latency
+import stream_relay
+import switch
+from common import ROOT, llama_server, machine
+
+TARGETS = """| # | target | measured | met |
+|---|---|---|---|
+| 1 | added latency p50 ≤ 1 ms, p99 ≤ 5 ms; ≥ 3× lower than LiteLLM | {lat} | {lat_ok} |
+| 2 | streaming relay ≥ 0.95× direct aggregate tokens/s | {relay} | {relay_ok} |
+| 3 | switch overhead ≤ 100 ms | {sw} | {sw_ok} |
+| 4 | RSS ≤ 80 MB idle, ≤ 1.5 s to ready | {fp} | {fp_ok} |
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    quick = args.quick
+    print("1/4 latency …", flush=True)
+    lat = latency.run(100 if quick else 500)
+    print(latency.report(lat), flush=True)
+    print("2/4 streaming relay …", flush=True)
+    relay = stream_relay.run(64, 500 if quick else 2000)
+    print(stream_relay.report(relay), flush=True)
+    print("3/4 switch overhead …", flush=True)
+    sw = switch.run(4 if quick else 12)
+    print(switch.report(sw), flush=True)
+    print("4/4 footprint …", flush=True)
+    fp = footprint.run(3 if quick else 5)
+    print(footprint.report(fp), flush=True)
+
+    router_lat = lat["llm-router"]
+    litellm_ratio = lat.get("litellm_vs_router_added_p50")
+    targets = TARGETS.format(
+        lat=f"+{router_lat['added_p50_ms']:.2f} ms p50, +{router_lat['added_p99_ms']:.2f} ms p99"
+        + (f", LiteLLM adds {litellm_ratio:.1f}×" if litellm_ratio else ""),
+        lat_ok=_yes(
+            router_lat["added_p50_ms"] <= 1
+            and router_lat["added_p99_ms"] <= 5
+            and (litellm_ratio is None or litellm_ratio >= 3)
+        ),
+        relay=f"{relay['ratio']:.2f}×",
+        relay_ok=_yes(relay["ratio"] >= 0.95),
+        sw=f"{sw['overhead_ms']:.1f} ms",
+        sw_ok=_yes(sw["overhead_ms"] <= 100),
+        fp=f"{fp['rss_idle_mb']:.0f} MB idle, {fp['startup_s_median']:.2f} s",
+        fp_ok=_yes(fp["rss_idle_mb"] <= 80 and fp["startup_s_median"] <= 1.5),
+    )
+    print(targets)
+    version = subprocess.run([llama_server(), "--version"], capture_output=True, text=True).stderr.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    template = (ROOT / "bench" / "benchmarks.md.in").read_text()
+    args.output.write_text(
+        template.format(
+            date=datetime.date.today().isoformat(),
+            machine=machine(),
+            commit=commit or "?",
+            llama=version.splitlines()[0] if version else "?",
+            quick=" (--quick)" if quick else "",
+            targets=targets,
+            latency=latency.report(lat),
+            relay=stream_relay.report(relay),
+            switch=switch.report(sw),
+            footprint=footprint.report(fp),
+        )
+    )
+    print(f"wrote {args.output}")
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+if __name__ == "__main__":
+    main()
