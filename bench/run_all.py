@@ -66,7 +66,7 @@ def main() -> None:
     print(targets)
     version = subprocess.run([llama_server(), "--version"], capture_output=True, text=True).stderr.strip()
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
     template = (ROOT / "bench" / "benchmarks.md.in").read_text()
     args.output.write_text(

@@ -8,7 +8,7 @@ CACHE_ROOT="${LLM_ROUTER_CACHE:-$HOME/.cache/llm-router}"
 SUITE="${ROOTFS_SUITE:-bookworm}"
 MIRROR="${ROOTFS_MIRROR:-http://deb.debian.org/debian}"
 # systemd as PID 1 plus what Ansible needs; build tools so a converge does not download them every boot.
-PACKAGES="systemd,systemd-sysv,dbus,polkitd,python3,python3-apt,python3-venv,python3-packaging,sudo,iproute2,ca-certificates,curl,cmake,g++,make,git"
+PACKAGES="systemd,systemd-sysv,dbus,python3,python3-apt,python3-venv,python3-packaging,sudo,iproute2,ca-certificates,curl,cmake,g++,make,git"
 KEY="$(printf '%s %s' "$SUITE" "$PACKAGES" | sha256sum | cut -c1-12)"
 ROOTFS="$CACHE_ROOT/rootfs/$SUITE-$KEY"
 
@@ -42,4 +42,6 @@ echo "molecule" > "$ROOTFS.tmp/etc/hostname"
 rm -rf "$ROOTFS"
 mv "$ROOTFS.tmp" "$ROOTFS"
 touch "$ROOTFS/.complete"
+# Older rootfs versions of this suite are no longer used.
+find "$CACHE_ROOT/rootfs" -mindepth 1 -maxdepth 1 -name "$SUITE-*" ! -name "$(basename "$ROOTFS")" -exec rm -rf {} +
 echo "$ROOTFS"
