@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_seconds, free_port, process, router, rss_mb, wait_http
 
 ENGINE = Path(__file__).resolve().parent / "synthetic_engine.py"
+TCP_PROXY = Path(__file__).resolve().parent / "tcp_proxy.py"
 
 
 async def _one(client: httpx.AsyncClient, url: str, tokens: int) -> int:
@@ -55,6 +56,12 @@ def run(streams: int = 64, tokens: int = 2000, sample_rss: list[float] | None = 
             "models": [{"id": "synthetic", "backend": "openai", "url": f"http://127.0.0.1:{port}/v1"}],
         }
         direct_events, direct_s = asyncio.run(_load(f"http://127.0.0.1:{port}/v1/chat/completions", streams, tokens))
+        proxy_port = free_port()
+        with process([python, str(TCP_PROXY), "--port", str(proxy_port), "--upstream", str(port)]):
+            wait_http(f"http://127.0.0.1:{proxy_port}/health")
+            floor_events, floor_s = asyncio.run(
+                _load(f"http://127.0.0.1:{proxy_port}/v1/chat/completions", streams, tokens)
+            )
         with router(config, workdir) as (router_url, proc):
             cpu_before = cpu_seconds(proc.pid)
             routed_events, routed_s = asyncio.run(_load(f"{router_url}/v1/chat/completions", streams, tokens))
@@ -64,12 +71,15 @@ def run(streams: int = 64, tokens: int = 2000, sample_rss: list[float] | None = 
                 sample_rss.append(rss)
     direct_rate = direct_events / direct_s
     routed_rate = routed_events / routed_s
+    floor_rate = floor_events / floor_s
     return {
         "streams": streams,
         "tokens": tokens,
         "direct_events_s": direct_rate,
         "router_events_s": routed_rate,
         "ratio": routed_rate / direct_rate,
+        "tcp_proxy_events_s": floor_rate,
+        "tcp_proxy_ratio": floor_rate / direct_rate,
         "router_cpu_ms_per_1k_events": cpu_used * 1000 / routed_events * 1000,
         "router_rss_after_mb": rss,
         "events": routed_events,
@@ -82,6 +92,8 @@ def report(r: dict) -> str:
             "| path | events (tokens)/s | ratio |",
             "|---|---|---|",
             f"| direct | {r['direct_events_s']:.0f} | 1.00 |",
+            f"| raw TCP byte pump (reference: the extra hop alone) | {r['tcp_proxy_events_s']:.0f} | "
+            f"{r['tcp_proxy_ratio']:.2f} |",
             f"| llm-router | {r['router_events_s']:.0f} | {r['ratio']:.2f} |",
             f"\n{r['streams']} streams × {r['tokens']} tokens; router CPU "
             f"{r['router_cpu_ms_per_1k_events']:.1f} ms per 1000 events.",

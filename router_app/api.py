@@ -23,6 +23,7 @@ from .metrics import CONTENT_TYPE_LATEST, RouterMetrics
 from .proxy import CHAT, COMPLETIONS, EMBEDDINGS, Proxy, json_error
 from .runtime import ModelRuntime, SwitchError
 from .supervisor import ProcessSupervisor, Supervisor, SystemdSupervisor, default_unit_name
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,8 @@ def create_app(config: Config) -> EntryPoint:
         for model in config.models
     }
     switcher = Switcher(runtimes, settings.drain_timeout_s, metrics)
-    proxy = Proxy(config, switcher, client, metrics)
+    upstream = Upstream()
+    proxy = Proxy(config, switcher, upstream, metrics)
     started = time.time()
 
     @asynccontextmanager
@@ -175,6 +177,7 @@ def create_app(config: Config) -> EntryPoint:
             yield
         finally:
             await switcher.shutdown(stop_engines=settings.supervisor == "process")
+            await upstream.close()
             await client.aclose()
 
     app = FastAPI(title="llm-router", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)

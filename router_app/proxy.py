@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -27,6 +26,7 @@ from .config import Config, ModelConfig, StatusStyle
 from .metrics import RouterMetrics
 from .runtime import SwitchError
 from .switcher import Switcher, Ticket
+from .upstream import Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _DONE_EVENT = re.compile(rb"data: ?\[DONE\]\n\n")
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_UPSTREAM_ERRORS = (httpx.TransportError,)
 
 
 class ClientGone(Exception):
@@ -138,11 +137,11 @@ class Exchange:
 class Proxy:
     """Turns an HTTP request into: find model → wait for it → relay the engine's answer."""
 
-    def __init__(self, config: Config, switcher: Switcher, client: httpx.AsyncClient, metrics: RouterMetrics) -> None:
+    def __init__(self, config: Config, switcher: Switcher, upstream: Upstream, metrics: RouterMetrics) -> None:
         self.config = config
         self.settings = config.router
         self.switcher = switcher
-        self.client = client
+        self.upstream = upstream
         self.metrics = metrics
 
     # --- request parsing -----------------------------------------------------------------
@@ -217,16 +216,14 @@ class Proxy:
     def _observe_wait(self, exchange: Exchange, ticket: Ticket) -> None:
         self.metrics.wait_seconds.labels(exchange.model.id).observe(time.monotonic() - ticket.created)
 
-    def _upstream_request(self, exchange: Exchange) -> httpx.Request:
+    async def _send(self, exchange: Exchange) -> UpstreamResponse:
         adapter = self.switcher.runtimes[exchange.model.id].adapter
         headers = {"Content-Type": "application/json", **adapter.auth_headers()}
         content = json.dumps(exchange.body, separators=(",", ":"), ensure_ascii=False).encode()
-        return self.client.build_request(
-            "POST", f"{adapter.openai_base}/{exchange.endpoint}", content=content, headers=headers
-        )
+        return await self.upstream.post(f"{adapter.openai_base}/{exchange.endpoint}", content, headers)
 
     def _upstream_failed(self, exchange: Exchange, exc: Exception) -> str:
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc, UpstreamError) and exc.connect_failed:
             self.switcher.mark_unreachable(exchange.model.id)
         return f"engine for {exchange.model.id} failed: {type(exc).__name__}: {exc or 'connection lost'}"
 
@@ -237,26 +234,26 @@ class Proxy:
             if not ticket.granted.done():
                 await race_disconnect(request, ticket.wait())
             self._observe_wait(exchange, ticket)
-            upstream = await race_disconnect(request, self.client.send(self._upstream_request(exchange)))
+            upstream = await race_disconnect(request, self._send(exchange))
+            content = await race_disconnect(request, upstream.read())
         except ClientGone:
             self._finish(exchange, ticket, "client_gone")
             return Response(status_code=499)
         except SwitchError as exc:
             self._finish(exchange, ticket, "switch_failed")
             return json_error(503, str(exc), "service_unavailable", code="model_load_failed")
-        except _UPSTREAM_ERRORS as exc:
+        except UpstreamError as exc:
             message = self._upstream_failed(exchange, exc)
             self._finish(exchange, ticket, "error")
             return json_error(502, message, "bad_gateway", code="engine_error")
-        content = upstream.content
-        if upstream.status_code == 200:
+        if upstream.status == 200:
             content = _MODEL_FIELD.sub(lambda _m: exchange.model_field(), content)
             content = self._unary_footer(exchange, content)
-        self._finish(exchange, ticket, "ok" if upstream.status_code == 200 else f"http_{upstream.status_code}")
+        self._finish(exchange, ticket, "ok" if upstream.status == 200 else f"http_{upstream.status}")
         return Response(
             content,
-            status_code=upstream.status_code,
-            media_type=upstream.headers.get("content-type", "application/json"),
+            status_code=upstream.status,
+            media_type=upstream.content_type,
         )
 
     def _unary_footer(self, exchange: Exchange, content: bytes) -> bytes:
@@ -289,24 +286,24 @@ class Proxy:
         if not ticket.waited:
             # Resident already: open the upstream first, so its HTTP errors keep their status code.
             try:
-                upstream = await race_disconnect(
-                    request, self.client.send(self._upstream_request(exchange), stream=True)
-                )
+                upstream = await race_disconnect(request, self._send(exchange))
             except ClientGone:
                 self._finish(exchange, ticket, "client_gone")
                 return Response(status_code=499)
-            except _UPSTREAM_ERRORS as exc:
+            except UpstreamError as exc:
                 message = self._upstream_failed(exchange, exc)
                 self._finish(exchange, ticket, "error")
                 return json_error(502, message, "bad_gateway", code="engine_error")
-            if upstream.status_code != 200:
-                body = await upstream.aread()
-                await upstream.aclose()
-                self._finish(exchange, ticket, f"http_{upstream.status_code}")
+            if upstream.status != 200:
+                try:
+                    body = await upstream.read()
+                except UpstreamError as exc:
+                    body = str(exc).encode()
+                self._finish(exchange, ticket, f"http_{upstream.status}")
                 return Response(
                     body,
-                    status_code=upstream.status_code,
-                    media_type=upstream.headers.get("content-type", "application/json"),
+                    status_code=upstream.status,
+                    media_type=upstream.content_type,
                 )
         else:
             upstream = None
@@ -318,7 +315,7 @@ class Proxy:
         )
 
     async def _stream_body(
-        self, exchange: Exchange, ticket: Ticket, factory: sse.ChunkFactory, upstream: httpx.Response | None
+        self, exchange: Exchange, ticket: Ticket, factory: sse.ChunkFactory, upstream: UpstreamResponse | None
     ) -> AsyncIterator[bytes]:
         outcome = "client_gone"
         try:
@@ -331,25 +328,25 @@ class Proxy:
                     yield sse.DONE
                     return
                 try:
-                    upstream = await self.client.send(self._upstream_request(exchange), stream=True)
-                except _UPSTREAM_ERRORS as exc:
+                    upstream = await self._send(exchange)
+                except UpstreamError as exc:
                     outcome = "error"
                     yield sse.error_event(self._upstream_failed(exchange, exc), code="engine_error")
                     yield sse.DONE
                     return
-                if upstream.status_code != 200:
-                    outcome = f"http_{upstream.status_code}"
+                if upstream.status != 200:
+                    outcome = f"http_{upstream.status}"
                     yield sse.error_event(
-                        _error_message(await upstream.aread(), upstream.status_code),
+                        _error_message(await upstream.read(), upstream.status),
                         type_="engine_error",
-                        code=upstream.status_code,
+                        code=upstream.status,
                     )
                     yield sse.DONE
                     return
             async for chunk in self._relay(exchange, upstream, factory):
                 yield chunk
             outcome = "ok"
-        except _UPSTREAM_ERRORS as exc:
+        except UpstreamError as exc:
             outcome = "error"
             yield sse.error_event(self._upstream_failed(exchange, exc), code="engine_error")
             yield sse.DONE
@@ -359,7 +356,7 @@ class Proxy:
             yield sse.DONE
         finally:
             if upstream is not None:
-                await upstream.aclose()
+                upstream.close(finished=outcome == "ok")
             self._finish(exchange, ticket, outcome)
 
     async def _progress(self, exchange: Exchange, ticket: Ticket, factory: sse.ChunkFactory) -> AsyncIterator[bytes]:
@@ -376,7 +373,7 @@ class Proxy:
             yield factory.status(style, f"{exchange.model.id} loaded in {waited:.2f} s", done=True)
 
     async def _relay(
-        self, exchange: Exchange, upstream: httpx.Response, factory: sse.ChunkFactory
+        self, exchange: Exchange, upstream: UpstreamResponse, factory: sse.ChunkFactory
     ) -> AsyncIterator[bytes]:
         """The engine's events with the model name rewritten; speed report before [DONE].
 
@@ -388,7 +385,7 @@ class Proxy:
         target = exchange.model_field()
         model_template = target.replace(b"\\", b"\\\\")
         engine_field: bytes | None = None
-        async for piece in upstream.aiter_raw():
+        async for piece in upstream.iter_raw():
             if b"\r" in piece:
                 piece = piece.replace(b"\r\n", b"\n")
             pending += piece
