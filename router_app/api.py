@@ -146,9 +146,11 @@ def create_app(config: Config) -> EntryPoint:
     settings = config.router
     keys = Keys(config)
     metrics = RouterMetrics()
+    # Control calls to engines (readiness, sleep/wake): no keep-alive, because llama-server lingers about
+    # 100 ms on exit while an idle connection is open, which every switch would pay.
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=0),
     )
     runtimes = {
         model.id: ModelRuntime(
@@ -159,8 +161,8 @@ def create_app(config: Config) -> EntryPoint:
         )
         for model in config.models
     }
-    switcher = Switcher(runtimes, settings.drain_timeout_s, metrics)
     upstream = Upstream()
+    switcher = Switcher(runtimes, settings.drain_timeout_s, metrics, before_evict=upstream.disconnect)
     proxy = Proxy(config, switcher, upstream, metrics)
     started = time.time()
 

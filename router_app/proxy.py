@@ -220,7 +220,9 @@ class Proxy:
         adapter = self.switcher.runtimes[exchange.model.id].adapter
         headers = {"Content-Type": "application/json", **adapter.auth_headers()}
         content = json.dumps(exchange.body, separators=(",", ":"), ensure_ascii=False).encode()
-        return await self.upstream.post(f"{adapter.openai_base}/{exchange.endpoint}", content, headers)
+        return await self.upstream.post(
+            exchange.model.id, f"{adapter.openai_base}/{exchange.endpoint}", content, headers
+        )
 
     def _upstream_failed(self, exchange: Exchange, exc: Exception) -> str:
         if isinstance(exc, UpstreamError) and exc.connect_failed:

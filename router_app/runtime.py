@@ -221,8 +221,10 @@ class ModelRuntime:
             await self._stop_supervisor()
             return
         self._set(ModelState.STOPPING)
+        stopping = time.monotonic()
         await self._stop_supervisor()
         self._set(ModelState.STOPPED)
+        log.info("model %s stopped in %.3f s", self.model.id, time.monotonic() - stopping)
 
     async def _stop_supervisor(self) -> None:
         assert self.supervisor is not None

@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from .metrics import RouterMetrics
@@ -70,13 +70,18 @@ class Switcher:
     """Owns the scheduler, the model runtimes and the switch tasks."""
 
     def __init__(
-        self, runtimes: dict[str, ModelRuntime], drain_timeout_s: float, metrics: RouterMetrics | None = None
+        self,
+        runtimes: dict[str, ModelRuntime],
+        drain_timeout_s: float,
+        metrics: RouterMetrics | None = None,
+        before_evict: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.runtimes = runtimes
         groups = {mid: rt.model.group for mid, rt in runtimes.items() if rt.supervisor is not None}
         self.scheduler = Scheduler(groups)
         self._drain_timeout_s = drain_timeout_s
         self._metrics = metrics
+        self._before_evict = before_evict
         self._ids: Iterator[int] = itertools.count(1)
         self._tickets: dict[int, Ticket] = {}
         self._switches: dict[str, _SwitchProgress] = {}
@@ -173,6 +178,8 @@ class Switcher:
                     and runtime.state is not ModelState.STOPPED
                     and (runtime.model.id == effect.evict or runtime.state is not ModelState.SLEEPING)
                 ):
+                    if self._before_evict is not None:
+                        await self._before_evict(runtime.model.id)
                     await runtime.deactivate()
             progress.phase = "loading"
             if effect.target is not None:
