@@ -72,7 +72,6 @@ class EntryPoint:
         self.app = app
         self.proxy = proxy
         self.keys = keys
-        self.state = app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,9 +98,6 @@ class EntryPoint:
 
     def _check(self, request: Request) -> Response | None:
         path = request.scope["path"]
-        if not path.startswith(("/v1/", "/admin/")) or (not self.keys.client and not path.startswith("/admin/")):
-            return None
-        presented = _key_from(request)
         if path.startswith("/admin/"):
             if self.keys.admin is None:
                 return json_error(
@@ -110,14 +106,14 @@ class EntryPoint:
                     "permission_error",
                     code="admin_disabled",
                 )
-            if not self.keys.admin_ok(presented):
+            if not self.keys.admin_ok(_key_from(request)):
                 return json_error(
                     401,
                     "admin key required (Authorization: Bearer ADMIN_KEY)",
                     "authentication_error",
                     code="invalid_api_key",
                 )
-        elif path.startswith("/v1/") and not self.keys.client_ok(presented):
+        elif path.startswith("/v1/") and not self.keys.client_ok(_key_from(request)):
             return json_error(
                 401,
                 "missing or invalid API key (Authorization: Bearer KEY)",
@@ -183,8 +179,6 @@ def create_app(config: Config) -> EntryPoint:
             await client.aclose()
 
     app = FastAPI(title="llm-router", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.switcher = switcher
-    app.state.config = config
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
