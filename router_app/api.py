@@ -154,6 +154,7 @@ def create_app(config: Config) -> EntryPoint:
             adapter_for(model, client),
             build_supervisor(config, model.id),
             settings,
+            metrics=metrics,
         )
         for model in config.models
     }

@@ -45,6 +45,12 @@ class RouterMetrics:
         self.completion_tokens = Counter(
             "llm_router_completion_tokens", "Generated tokens reported by engines", ["model"], registry=self.registry
         )
+        self.wake_integrity_restarts = Counter(
+            "llm_router_wake_integrity_restarts",
+            "Engines restarted cold because they answered the fixed probe differently after a wake",
+            ["model"],
+            registry=self.registry,
+        )
 
     def switch_done(self, model: str, ok: bool, seconds: float) -> None:
         self.switches.labels(model, "ok" if ok else "failed").inc()

@@ -3,6 +3,11 @@
 The readiness loop lives here once for every engine kind: poll the adapter's health with
 backoff (connection refused and 503 mean "not yet"), then a 1-token generation probe, and
 abort the moment the supervisor reports that the engine died, with its last log lines.
+
+Wake integrity: for a model that sleeps, the greedy answer to a fixed probe is recorded at a cold
+load (asked twice; if the two differ it stays unknown) and asked again after every wake. Different
+tokens mean the wake brought back other weights (e.g. SGLang without a CPU backup of the weights):
+the engine is stopped and started cold, with a WARNING, a counter and the reason in `info()`.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .config import ModelConfig, RouterSettings
 from .engines import EngineAdapter, EngineError, Health
 from .supervisor import Supervisor, SupervisorError
+
+if TYPE_CHECKING:
+    from .metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +34,8 @@ T = TypeVar("T")
 
 POLL_FIRST_S = 0.01
 POLL_MAX_S = 0.25
+# Bounds one wake-integrity probe beyond the adapter's own timeout; only a dead engine fails the switch there.
+FINGERPRINT_DEADLINE_S = 120.0
 
 
 class ModelState(StrEnum):
@@ -68,6 +78,7 @@ class ModelRuntime:
         supervisor: Supervisor | None,
         settings: RouterSettings,
         on_lost: Callable[[str, str], None] | None = None,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self.model = model
         self.adapter = adapter
@@ -80,6 +91,11 @@ class ModelRuntime:
         self.port: int | None = model.port
         self.load_seconds: float | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._metrics = metrics
+        # Wake integrity: the probe's answer at the last cold load (None = unknown), restarts it caused.
+        self.fingerprint: str | None = None
+        self.integrity_restarts = 0
+        self.last_integrity_restart: str | None = None
 
     def _set(self, state: ModelState) -> None:
         self.state = state
@@ -104,6 +120,9 @@ class ModelRuntime:
             data["last_load_s"] = round(self.load_seconds, 3)
         if self.last_error:
             data["last_error"] = self.last_error
+        if self.integrity_restarts:
+            data["wake_integrity_restarts"] = self.integrity_restarts
+            data["last_wake_integrity_restart"] = self.last_integrity_restart
         return data
 
     async def activate(self) -> None:
@@ -111,16 +130,20 @@ class ModelRuntime:
         if self.supervisor is None or self.state is ModelState.READY:
             return
         started = time.monotonic()
+        deadline = started + self.load_timeout_s
         try:
             if self.state is ModelState.SLEEPING:
                 self._set(ModelState.STARTING)
-                await self.adapter.wake()
+                await self._race_exit(self.adapter.wake(), deadline)
+                await self._wait_ready(deadline)
+                await self._check_wake_integrity()
             else:
                 if self.state is ModelState.FAILED:
                     await self._stop_supervisor()  # an engine marked unreachable may still be running
                 self._set(ModelState.STARTING)
                 await self._launch()
-            await self._wait_ready(started + self.load_timeout_s)
+                await self._wait_ready(deadline)
+                await self._record_fingerprint()
         except (SwitchError, SupervisorError, EngineError, OSError) as exc:
             reason = str(exc) if isinstance(exc, SwitchError) else f"{self.model.id}: {exc}"
             await self._cleanup_after_failure()
@@ -204,6 +227,61 @@ class ModelRuntime:
             while await self._race_exit(check(), deadline) is not Health.READY:
                 await self._race_exit(asyncio.sleep(delay), deadline)
                 delay = min(delay * 1.5, POLL_MAX_S)
+
+    @property
+    def _may_sleep(self) -> bool:
+        return self.model.evict == "sleep" and self.adapter.supports_sleep
+
+    async def _take_fingerprint(self) -> str | None:
+        """The adapter's fingerprint, or None (logged) if it cannot be had; only a dead engine raises."""
+        try:
+            return await self._race_exit(self.adapter.fingerprint(), time.monotonic() + FINGERPRINT_DEADLINE_S)
+        except (EngineError, OSError) as exc:
+            log.warning(
+                "model %s: wake-integrity probe failed (%s); treating the fingerprint as unknown", self.model.id, exc
+            )
+            return None
+
+    async def _record_fingerprint(self) -> None:
+        """At a cold load of a model that may sleep: remember the probe's answer if it is deterministic."""
+        self.fingerprint = None
+        if not self._may_sleep:
+            return
+        first = await self._take_fingerprint()
+        if first is None:
+            return
+        second = await self._take_fingerprint()
+        if second != first:
+            if second is not None:
+                log.warning(
+                    "model %s answers the wake-integrity probe differently on a cold engine (%r, then %r): "
+                    "fingerprint unknown, wakes are not checked",
+                    self.model.id,
+                    first,
+                    second,
+                )
+            return
+        self.fingerprint = first
+
+    async def _check_wake_integrity(self) -> None:
+        """After a wake: the probe must answer as at the cold load, else restart the engine cold."""
+        expected = self.fingerprint
+        if expected is None:
+            log.info("model %s woke; wake-integrity fingerprint unknown, not checked", self.model.id)
+            return
+        got = await self._take_fingerprint()
+        if got is None or got == expected:
+            return
+        reason = f"woke with different weights: the wake-integrity probe expected {expected!r}, got {got!r}"
+        log.warning("model %s: %s; restarting the engine cold", self.model.id, reason)
+        self.integrity_restarts += 1
+        self.last_integrity_restart = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {reason}"
+        if self._metrics is not None:
+            self._metrics.wake_integrity_restarts.labels(self.model.id).inc()
+        await self._stop_supervisor()
+        await self._launch()
+        await self._wait_ready(time.monotonic() + self.load_timeout_s)
+        await self._record_fingerprint()
 
     async def deactivate(self) -> None:
         """Free the GPU: sleep where the model is configured for it and the engine can, else stop."""

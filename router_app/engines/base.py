@@ -26,6 +26,12 @@ class Health(Enum):
 # Status codes engines use for "still loading": llama.cpp, SGLang and vLLM send 503.
 _LOADING_STATUSES = {503}
 
+# Wake-integrity probe: the same greedy request every time (fixed prompt, temperature 0, a few tokens).
+# Its answer at a cold load is compared with its answer after a wake (router_app.runtime).
+FINGERPRINT_PROMPT = "The capital of France is"
+FINGERPRINT_MAX_TOKENS = 8
+FINGERPRINT_TIMEOUT_S = 60.0
+
 
 class EngineAdapter:
     """Defaults follow the OpenAI-compatible servers: `/health`, Bearer auth, a 1-token probe."""
@@ -81,6 +87,34 @@ class EngineAdapter:
         if response.status_code != 200:
             raise EngineError(f"1-token probe answered {response.status_code}: {response.text[:300]}")
         return Health.READY
+
+    async def fingerprint(self) -> str:
+        """The greedy completion of a fixed short prompt: what the loaded weights say, to compare after a wake.
+
+        Raises EngineError when no answer can be had (the caller then treats the fingerprint as unknown).
+        """
+        body = {
+            "model": self.model.engine_name,
+            "prompt": FINGERPRINT_PROMPT,
+            "max_tokens": FINGERPRINT_MAX_TOKENS,
+            "temperature": 0,
+            "stream": False,
+        }
+        try:
+            response = await self.client.post(
+                self.openai_base + "/completions", json=body, headers=self.auth_headers(), timeout=FINGERPRINT_TIMEOUT_S
+            )
+        except httpx.HTTPError as exc:
+            raise EngineError(f"fingerprint probe failed: {type(exc).__name__}: {exc}") from None
+        if response.status_code != 200:
+            raise EngineError(f"fingerprint probe answered {response.status_code}: {response.text[:300]}")
+        try:
+            text = response.json()["choices"][0]["text"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise EngineError(f"fingerprint probe answer has no choices[0].text: {response.text[:300]}") from None
+        if not isinstance(text, str):
+            raise EngineError(f"fingerprint probe answer text is not a string: {text!r}")
+        return text
 
     async def sleep(self) -> None:
         """Release GPU memory but keep the process (only where `supports_sleep`)."""

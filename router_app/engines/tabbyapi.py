@@ -1,7 +1,21 @@
-"""TabbyAPI: keys from its api_tokens.yml (x-api-key / x-admin-key); a model is loaded when /v1/model is 200."""
+"""TabbyAPI: keys from its api_tokens.yml (x-api-key / x-admin-key); a model is loaded when /v1/model is 200.
+
+Sources (theroyallab/tabbyAPI at e632af41eba68abeadc3437c62674360f2f8cbf1):
+- `GET /v1/model` and `POST /v1/model/unload` depend on `check_model_container`, which answers 503 "No models are
+  currently loaded." while no model is loaded (endpoints/core/router.py:127-130 and 206-213,
+  common/model.py:298-307).
+- `POST /v1/model/load` answers 400 for a missing name or path (endpoints/core/router.py:184-201), otherwise 200 with
+  an SSE stream (router.py:203, sse-starlette: `data: <json>` lines, `: ping - <time>` comments, `\r\n` separators,
+  sse-starlette 3.7.0 event.py:13,48-51 and sse.py:500-504). Its events (endpoints/core/utils/model.py:112-142):
+  `{"model_type","module","modules","status":"processing"}` per module, `status: "finished"` when a part
+  (vision, draft, then the model itself; common/model.py:196-227) is complete, and on failure one
+  `{"error": {"message", "trace"}}` event and the end of the stream (model.py:119-121, common/networking.py:28-46).
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import httpx
@@ -19,6 +33,57 @@ def read_api_tokens(path: object) -> tuple[str | None, str | None]:
     if isinstance(api_key, list):
         api_key = api_key[0] if api_key else None
     return api_key, data.get("admin_key")
+
+
+class LoadProgress:
+    """Follows TabbyAPI's `/v1/model/load` event stream: fails at the first error event, knows when it finished."""
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+        self.finished = False
+        self.last: dict[str, object] | None = None
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> None:
+        """One line of the stream; a blank line ends an event. Raises EngineError on an `error` event."""
+        line = line.rstrip("\r\n")
+        if line.startswith("data:"):
+            value = line[5:]
+            self._data.append(value[1:] if value.startswith(" ") else value)
+        elif not line and self._data:
+            data, self._data = "\n".join(self._data), []
+            self._event(data)
+        # Comments (`: ping - ...`) and other fields carry nothing for us.
+
+    def close(self) -> None:
+        """The stream ended: raises EngineError unless the model (not only a draft or vision part) finished."""
+        self.feed("")
+        if not self.finished:
+            last = f" (last event: {json.dumps(self.last)})" if self.last else " (no progress events)"
+            raise EngineError(f"TabbyAPI load of {self.model_name} ended without a 'finished' event{last}")
+
+    def _event(self, data: str) -> None:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise EngineError(f"TabbyAPI load sent a non-JSON event: {data[:300]}") from None
+        if not isinstance(event, dict):
+            raise EngineError(f"TabbyAPI load sent an unexpected event: {data[:300]}")
+        if "error" in event:
+            error = event["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise EngineError(f"TabbyAPI load of {self.model_name} failed: {message}")
+        self.last = event
+        if event.get("status") == "finished" and event.get("model_type", "model") == "model":
+            self.finished = True
+
+
+async def follow_load(lines: AsyncIterator[str], model_name: str) -> None:
+    """Read a `/v1/model/load` stream to its end (the container is in place only then, common/model.py:229)."""
+    progress = LoadProgress(model_name)
+    async for line in lines:
+        progress.feed(line)
+    progress.close()
 
 
 class TabbyAPIAdapter(EngineAdapter):
@@ -56,15 +121,26 @@ class TabbyAPIAdapter(EngineAdapter):
         return Health.NOT_YET
 
     async def sleep(self) -> None:
-        await self._post_ok("/v1/model/unload", "TabbyAPI unload", headers=self._admin_headers())
+        """`POST /v1/model/unload` (admin); its 503 means no model is loaded, which is what sleep wants."""
+        response = await self.client.post(
+            self.base_url + "/v1/model/unload", headers=self._admin_headers(), timeout=600.0
+        )
+        if response.status_code == 503:
+            return
+        if response.status_code >= 400:
+            raise EngineError(f"TabbyAPI unload answered {response.status_code}: {response.text[:300]}")
 
     async def wake(self) -> None:
+        """`POST /v1/model/load` (admin): fails at the first error event; needs the model's `finished` event."""
         body = {"model_name": self.tabby_model_name}
-        # The load endpoint streams SSE progress; read it to the end, then readiness is re-checked.
         async with self.client.stream(
-            "POST", self.base_url + "/v1/model/load", json=body, headers=self._admin_headers(), timeout=None
+            "POST",
+            self.base_url + "/v1/model/load",
+            json=body,
+            headers=self._admin_headers(),
+            timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
         ) as response:
             if response.status_code >= 400:
-                raise EngineError(f"TabbyAPI load answered {response.status_code}: {(await response.aread())[:300]!r}")
-            async for _ in response.aiter_bytes():
-                pass
+                text = (await response.aread()).decode(errors="replace")
+                raise EngineError(f"TabbyAPI load answered {response.status_code}: {text[:300]}")
+            await follow_load(response.aiter_lines(), self.tabby_model_name)

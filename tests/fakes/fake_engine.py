@@ -1,17 +1,36 @@
 """A stand-in for engines that cannot run on a CPU box (SGLang, vLLM, TabbyAPI).
 
-It follows each engine's documented HTTP protocol, as far as the router relies on it
-(see ../shared/research/engines-and-ansible.md and the engines' docs):
+It answers what each engine answers, as far as the router relies on it (sources read at the
+versions the role pins; see /work/shared/research/engine-audit.md):
 
-- vllm: the socket opens only after the model has loaded; `/health` 200; Bearer auth on /v1
-  (`--api-key`); sleep mode `POST /sleep?level=1`, `POST /wake_up`, `GET /is_sleeping`.
-- sglang: the HTTP server is up while loading and `/health` answers 503 until ready; Bearer auth;
-  `POST /release_memory_occupation` / `/resume_memory_occupation` with `{"tags": [...]}`.
-- tabbyapi: `/health` is public and up before the model; `GET /v1/model` is 200 only with a model
-  loaded; keys from api_tokens.yml in `x-api-key` (or Bearer) and `x-admin-key`; admin-only
-  `POST /v1/model/unload` and `POST /v1/model/load` (which streams SSE progress).
+- vllm (0.33.0): the socket opens only after the model has loaded; `/health` 200; Bearer auth on /v1
+  (`--api-key`); sleep mode `POST /sleep?level=1`, `POST /wake_up`, `GET /is_sleeping` (registered with
+  VLLM_SERVER_DEV_MODE=1).
+- sglang (0.5.19 / 0.5.23 wheels): the HTTP server is up while loading and `/health` answers 503 until ready;
+  Bearer auth; `GET|POST /release_memory_occupation` and `/resume_memory_occupation`
+  (sglang/srt/entrypoints/http_server.py 0.5.23:1575-1596) take `{"tags": [...]}` where a missing or empty
+  `tags` means every type, GPU_MEMORY_ALL_TYPES = [kv_cache, weights, cuda_graph] (srt/constants.py:6-10,
+  srt/managers/io_struct.py 0.5.23:2177-2190, scheduler_components/weight_updater.py 0.5.23:345-346, 386-387);
+  they answer 200 `null`. Resume removes each tag from the released set (weight_updater.py 0.5.23:389-390); a tag
+  that was not released raises KeyError there, which the fake answers as SGLang's `_create_error_response`
+  (http_server.py 0.5.23:2246-2250): 400 `{"error": {"message": ...}}`.
+- tabbyapi (theroyallab/tabbyAPI @e632af4): a model named at start loads before the socket opens
+  (main.py:53-63, then start_api at 97); `/health` needs no key; `GET /v1/model` and admin `POST /v1/model/unload`
+  answer 503 `{"detail": "No models are currently loaded."}` without a model (check_model_container,
+  common/model.py:298-307; endpoints/core/router.py:127-130, 206-213); admin `POST /v1/model/load` answers 400
+  without `model_name` (router.py:184-190), else 200 and an SSE stream (router.py:203) of
+  `{"model_type","module","modules","status"}` events: `processing` for modules 1..n, then `finished`
+  (endpoints/core/utils/model.py:123-142), `processing`+`finished` for 1/1 when already loaded (common/model.py:
+  158-164); a failed load is one `{"error": {"message", "trace"}}` event in the same 200 stream
+  (utils/model.py:119-121, common/networking.py:28-46). The model counts as loaded only when the stream ends
+  (common/model.py:229). Framing as sse-starlette: `\\r\\n` separators, `: ping - <time>` comments
+  (sse-starlette 3.7.0 event.py:13, sse.py:500-504). Keys from api_tokens.yml in `x-api-key` (or Bearer)
+  and `x-admin-key`.
 
-Replies are `tok0 tok1 ...` with OpenAI usage. `GET /fake/stats` exposes what it saw.
+Replies are `tok0 tok1 ...` with OpenAI usage. Test options: `--wake-garbage` makes answers change after a wake
+(like SGLang resuming without `--enable-weights-cpu-backup`, engine-audit #5); `--nondeterministic` makes every
+answer random; `--fail-load MESSAGE` makes TabbyAPI API loads fail with an error event. `GET /fake/stats`
+exposes what it saw.
 """
 
 from __future__ import annotations
@@ -19,7 +38,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import time
+from datetime import UTC, datetime
 
 import uvicorn
 import yaml
@@ -28,27 +49,48 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+SGLANG_MEMORY_TYPES = ["kv_cache", "weights", "cuda_graph"]  # sglang/srt/constants.py:6-10 GPU_MEMORY_ALL_TYPES
+TABBY_NO_MODEL = "No models are currently loaded."  # tabbyAPI common/model.py:302-307
+SSE_SEP = "\r\n"  # sse-starlette DEFAULT_SEPARATOR (event.py:13)
+
+
+def tabby_event(payload: dict) -> str:
+    """One SSE event as TabbyAPI/sse-starlette frame it (pydantic model_dump_json is compact)."""
+    return "data: " + json.dumps(payload, separators=(",", ":")) + SSE_SEP + SSE_SEP
+
 
 def make_app(args: argparse.Namespace) -> Starlette:
     state = {
-        "ready_at": time.monotonic() + (args.load_seconds if args.kind != "vllm" else 0.0),
+        "ready_at": time.monotonic() + (args.load_seconds if args.kind == "sglang" else 0.0),
         "sleeping": False,
         "loaded": args.kind != "tabbyapi" or bool(args.model_name),
+        "garbage": False,
         "requests": 0,
         "auth_seen": [],
         "sleeps": 0,
         "wakes": 0,
+        "released": [],
+        "memory_bodies": [],
+        "load_events": [],
     }
     api_key, admin_key = args.api_key, None
     if args.api_tokens:
         with open(args.api_tokens, encoding="utf-8") as handle:
             tokens = yaml.safe_load(handle)
         api_key, admin_key = tokens["api_key"], tokens["admin_key"]
-    if args.kind == "tabbyapi" and args.model_name:
-        state["ready_at"] = time.monotonic() + args.load_seconds
 
     def ready() -> bool:
         return time.monotonic() >= state["ready_at"]
+
+    def woke() -> None:
+        state["wakes"] += 1
+        if args.wake_garbage:
+            state["garbage"] = True
+
+    def token(i: int) -> str:
+        if args.nondeterministic:
+            return f"r{random.randrange(10**6)} "
+        return f"{'zap' if state['garbage'] else 'tok'}{i} "
 
     def presented(request: Request) -> str | None:
         auth = request.headers.get("authorization", "")
@@ -71,6 +113,9 @@ def make_app(args: argparse.Namespace) -> Starlette:
     def loading() -> JSONResponse:
         return JSONResponse({"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}}, 503)
 
+    def no_tabby_model() -> JSONResponse:
+        return JSONResponse({"detail": TABBY_NO_MODEL}, 503)
+
     async def health(_request: Request) -> Response:
         if args.kind == "tabbyapi":
             return JSONResponse({"status": "healthy", "issues": []})
@@ -82,6 +127,8 @@ def make_app(args: argparse.Namespace) -> Starlette:
         denied = client_denied(request)
         if denied:
             return denied
+        if args.kind == "tabbyapi" and not state["loaded"]:
+            return no_tabby_model()
         if state["sleeping"] or not state["loaded"] or not ready():
             return JSONResponse({"error": {"message": "model is not loaded", "type": "unavailable_error"}}, 503)
         state["requests"] += 1
@@ -92,7 +139,7 @@ def make_app(args: argparse.Namespace) -> Starlette:
         name = args.model_name or args.served_name
         usage = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
         if not body.get("stream"):
-            text = "".join(f"tok{i} " for i in range(n))
+            text = "".join(token(i) for i in range(n))
             choice = (
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
                 if chat
@@ -112,7 +159,7 @@ def make_app(args: argparse.Namespace) -> Starlette:
         async def events():
             obj = "chat.completion.chunk" if chat else "text_completion"
             for i in range(n):
-                delta = {"index": 0, "delta": {"content": f"tok{i} "}} if chat else {"index": 0, "text": f"tok{i} "}
+                delta = {"index": 0, "delta": {"content": token(i)}} if chat else {"index": 0, "text": token(i)}
                 yield "data: " + json.dumps({"id": "fake-1", "object": obj, "model": name, "choices": [delta]}) + "\n\n"
                 await asyncio.sleep(args.token_delay)
             if (body.get("stream_options") or {}).get("include_usage"):
@@ -125,61 +172,106 @@ def make_app(args: argparse.Namespace) -> Starlette:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    async def sleep_(request: Request) -> Response:
-        denied = client_denied(request) if args.kind != "tabbyapi" else admin_denied(request)
+    async def vllm_sleep(request: Request) -> Response:
+        denied = client_denied(request)
         if denied:
             return denied
         state["sleeping"] = True
         state["sleeps"] += 1
         return JSONResponse({})
 
-    async def wake(request: Request) -> Response:
+    async def vllm_wake(request: Request) -> Response:
         denied = client_denied(request)
         if denied:
             return denied
         state["sleeping"] = False
-        state["wakes"] += 1
+        woke()
         return JSONResponse({})
 
     async def is_sleeping(_request: Request) -> Response:
         return JSONResponse({"is_sleeping": state["sleeping"]})
 
+    async def memory_tags(request: Request) -> list[str]:
+        raw = await request.body()
+        body = json.loads(raw) if raw.strip() else {}
+        state["memory_bodies"].append(body)
+        return list(body.get("tags") or SGLANG_MEMORY_TYPES)  # None or [] -> GPU_MEMORY_ALL_TYPES
+
+    async def sglang_release(request: Request) -> Response:
+        denied = client_denied(request)
+        if denied:
+            return denied
+        tags = await memory_tags(request)
+        state["released"] = sorted(set(state["released"]) | set(tags))
+        state["sleeping"] = True
+        state["sleeps"] += 1
+        return JSONResponse(None)
+
+    async def sglang_resume(request: Request) -> Response:
+        denied = client_denied(request)
+        if denied:
+            return denied
+        tags = await memory_tags(request)
+        missing = [tag for tag in tags if tag not in state["released"]]
+        if missing:
+            return JSONResponse({"error": {"message": repr(missing[0])}}, 400)  # KeyError from set.remove
+        state["released"] = sorted(set(state["released"]) - set(tags))
+        state["sleeping"] = bool(state["released"])
+        woke()
+        return JSONResponse(None)
+
     async def tabby_model(request: Request) -> Response:
         denied = client_denied(request)
         if denied:
             return denied
-        if not state["loaded"] or not ready():
-            return JSONResponse({"detail": "No models are currently loaded."}, 400)
+        if not state["loaded"]:
+            return no_tabby_model()
         return JSONResponse({"id": args.model_name, "object": "model", "owned_by": "tabbyAPI"})
 
     async def tabby_unload(request: Request) -> Response:
         denied = admin_denied(request)
         if denied:
             return denied
+        if not state["loaded"]:
+            return no_tabby_model()
         state["loaded"] = False
         state["sleeps"] += 1
-        return JSONResponse({})
+        return JSONResponse(None)
 
     async def tabby_load(request: Request) -> Response:
         denied = admin_denied(request)
         if denied:
             return denied
         body = await request.json()
-        args.model_name = body["model_name"]
+        name = body.get("model_name")
+        if not name:
+            return JSONResponse({"detail": "A model name was not provided for load."}, 400)
+        already = state["loaded"] and name == args.model_name
+        if not already:
+            state["loaded"] = False  # the container is reset before loading (common/model.py:170-171)
+        args.model_name = name
+
+        def emit(payload: dict) -> str:
+            state["load_events"].append(payload)
+            return tabby_event(payload)
 
         async def progress():
-            for module in range(1, 4):
-                await asyncio.sleep(args.load_seconds / 3)
-                yield (
-                    "data: "
-                    + json.dumps({"model_type": "model", "module": module, "modules": 3, "status": "processing"})
-                    + "\n\n"
-                )
+            if already:
+                for status in ("processing", "finished"):
+                    yield emit({"model_type": "model", "module": 1, "modules": 1, "status": status})
+                return
+            modules = 3
+            for module in range(1, modules + 1):
+                await asyncio.sleep(args.load_seconds / modules)
+                yield emit({"model_type": "model", "module": module, "modules": modules, "status": "processing"})
+                if module == 1:
+                    yield f": ping - {datetime.now(UTC)}{SSE_SEP}{SSE_SEP}"
+                    if args.fail_load:
+                        yield emit({"error": {"message": args.fail_load, "trace": None}})
+                        return
+            yield emit({"model_type": "model", "module": modules, "modules": modules, "status": "finished"})
             state["loaded"] = True
-            state["wakes"] += 1
-            yield (
-                "data: " + json.dumps({"model_type": "model", "module": 3, "modules": 3, "status": "finished"}) + "\n\n"
-            )
+            woke()
 
         return StreamingResponse(progress(), media_type="text/event-stream")
 
@@ -194,14 +286,14 @@ def make_app(args: argparse.Namespace) -> Starlette:
     ]
     if args.kind == "vllm":
         routes += [
-            Route("/sleep", sleep_, methods=["POST"]),
-            Route("/wake_up", wake, methods=["POST"]),
+            Route("/sleep", vllm_sleep, methods=["POST"]),
+            Route("/wake_up", vllm_wake, methods=["POST"]),
             Route("/is_sleeping", is_sleeping),
         ]
     if args.kind == "sglang":
         routes += [
-            Route("/release_memory_occupation", sleep_, methods=["POST", "GET"]),
-            Route("/resume_memory_occupation", wake, methods=["POST", "GET"]),
+            Route("/release_memory_occupation", sglang_release, methods=["POST", "GET"]),
+            Route("/resume_memory_occupation", sglang_resume, methods=["POST", "GET"]),
         ]
     if args.kind == "tabbyapi":
         routes += [
@@ -222,9 +314,12 @@ def main() -> None:
     parser.add_argument("--api-tokens", default=None, help="tabbyapi: api_tokens.yml")
     parser.add_argument("--load-seconds", type=float, default=0.3)
     parser.add_argument("--token-delay", type=float, default=0.0)
+    parser.add_argument("--wake-garbage", action="store_true", help="answers change after a wake (other weights)")
+    parser.add_argument("--nondeterministic", action="store_true", help="every answer is random")
+    parser.add_argument("--fail-load", default=None, metavar="MESSAGE", help="tabbyapi: API loads fail with MESSAGE")
     args = parser.parse_args()
-    if args.kind == "vllm":
-        time.sleep(args.load_seconds)  # vLLM opens its socket only once the model is loaded
+    if args.kind == "vllm" or (args.kind == "tabbyapi" and args.model_name):
+        time.sleep(args.load_seconds)  # vLLM, and TabbyAPI with a start model, open the socket once loaded
     uvicorn.run(make_app(args), host="127.0.0.1", port=args.port, log_level="warning")
 
 
