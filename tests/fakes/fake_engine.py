@@ -28,7 +28,8 @@ versions the role pins; see /work/shared/research/engine-audit.md):
   and `x-admin-key`.
 
 Replies are `tok0 tok1 ...` with OpenAI usage. Test options: `--wake-garbage` makes answers change after a wake
-(like SGLang resuming without `--enable-weights-cpu-backup`, engine-audit #5); `--nondeterministic` makes every
+(like SGLang resuming without `--enable-weights-cpu-backup`, engine-audit #5); `--wake-glitch` changes only the
+first multi-token answer after a wake (a near-tie token that flips once); `--nondeterministic` makes every
 answer random; `--fail-load MESSAGE` makes TabbyAPI API loads fail with an error event. `GET /fake/stats`
 exposes what it saw.
 """
@@ -65,6 +66,7 @@ def make_app(args: argparse.Namespace) -> Starlette:
         "sleeping": False,
         "loaded": args.kind != "tabbyapi" or bool(args.model_name),
         "garbage": False,
+        "glitches": 0,
         "requests": 0,
         "auth_seen": [],
         "sleeps": 0,
@@ -86,11 +88,16 @@ def make_app(args: argparse.Namespace) -> Starlette:
         state["wakes"] += 1
         if args.wake_garbage:
             state["garbage"] = True
+        if args.wake_glitch:
+            state["glitches"] = 1
 
-    def token(i: int) -> str:
+    def tokens(n: int) -> list[str]:
         if args.nondeterministic:
-            return f"r{random.randrange(10**6)} "
-        return f"{'zap' if state['garbage'] else 'tok'}{i} "
+            return [f"r{random.randrange(10**6)} " for _ in range(n)]
+        glitch = state["glitches"] > 0 and n > 1  # the router's 1-token readiness probe does not count
+        if glitch:
+            state["glitches"] -= 1
+        return [f"{'zap' if state['garbage'] or glitch else 'tok'}{i} " for i in range(n)]
 
     def presented(request: Request) -> str | None:
         auth = request.headers.get("authorization", "")
@@ -139,7 +146,7 @@ def make_app(args: argparse.Namespace) -> Starlette:
         name = args.model_name or args.served_name
         usage = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
         if not body.get("stream"):
-            text = "".join(token(i) for i in range(n))
+            text = "".join(tokens(n))
             choice = (
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
                 if chat
@@ -158,8 +165,8 @@ def make_app(args: argparse.Namespace) -> Starlette:
 
         async def events():
             obj = "chat.completion.chunk" if chat else "text_completion"
-            for i in range(n):
-                delta = {"index": 0, "delta": {"content": token(i)}} if chat else {"index": 0, "text": token(i)}
+            for piece in tokens(n):
+                delta = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
                 yield "data: " + json.dumps({"id": "fake-1", "object": obj, "model": name, "choices": [delta]}) + "\n\n"
                 await asyncio.sleep(args.token_delay)
             if (body.get("stream_options") or {}).get("include_usage"):
@@ -315,6 +322,7 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=0.3)
     parser.add_argument("--token-delay", type=float, default=0.0)
     parser.add_argument("--wake-garbage", action="store_true", help="answers change after a wake (other weights)")
+    parser.add_argument("--wake-glitch", action="store_true", help="one answer after a wake differs")
     parser.add_argument("--nondeterministic", action="store_true", help="every answer is random")
     parser.add_argument("--fail-load", default=None, metavar="MESSAGE", help="tabbyapi: API loads fail with MESSAGE")
     args = parser.parse_args()

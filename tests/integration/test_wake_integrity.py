@@ -101,6 +101,18 @@ def test_wake_with_other_weights_restarts_cold_and_a_good_wake_does_not(start_ro
         assert events[-1] == {"model_type": "model", "module": 3, "modules": 3, "status": "finished"}
 
 
+def test_one_flipped_probe_after_a_wake_is_asked_again_not_restarted(start_router, tmp_path) -> None:
+    router = start_router(sleepers("sglang", tmp_path, ("--wake-glitch",)))
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
+    ask(client, "a")
+    pid_a = router.engine_pid("a")
+    ask(client, "b")
+    assert ask(client, "a") == "tok0 tok1 tok2 "
+    assert router.engine_pid("a") == pid_a and stats(router, "a")["wakes"] == 1
+    assert any("answered 'zap0" in line and "once, then as expected" in line for line in router.log)
+    assert "wake_integrity_restarts" not in model_health(router, "a")
+
+
 def test_nondeterministic_engine_leaves_the_fingerprint_unknown(start_router, tmp_path) -> None:
     router = start_router(sleepers("vllm", tmp_path, ("--nondeterministic", "--wake-garbage")))
     client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
