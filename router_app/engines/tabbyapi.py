@@ -41,6 +41,7 @@ class LoadProgress:
     def __init__(self, model_name: str) -> None:
         self.model_name = model_name
         self.finished = False
+        self.fraction: float | None = None  # modules loaded / modules of the model part (not draft or vision)
         self.last: dict[str, object] | None = None
         self._data: list[str] = []
 
@@ -74,13 +75,17 @@ class LoadProgress:
             message = error.get("message") if isinstance(error, dict) else error
             raise EngineError(f"TabbyAPI load of {self.model_name} failed: {message}")
         self.last = event
-        if event.get("status") == "finished" and event.get("model_type", "model") == "model":
+        if event.get("model_type", "model") != "model":
+            return
+        module, modules = event.get("module"), event.get("modules")
+        if isinstance(module, int) and isinstance(modules, int) and modules > 0:
+            self.fraction = min(module / modules, 1.0)
+        if event.get("status") == "finished":
             self.finished = True
 
 
-async def follow_load(lines: AsyncIterator[str], model_name: str) -> None:
+async def follow_load(lines: AsyncIterator[str], progress: LoadProgress) -> None:
     """Read a `/v1/model/load` stream to its end (the container is in place only then, common/model.py:229)."""
-    progress = LoadProgress(model_name)
     async for line in lines:
         progress.feed(line)
     progress.close()
@@ -94,6 +99,7 @@ class TabbyAPIAdapter(EngineAdapter):
     def __init__(self, model: ModelConfig, client: httpx.AsyncClient) -> None:
         super().__init__(model, client)
         self.admin_key: str | None = None
+        self.loading: LoadProgress | None = None  # the load in progress or last done (progress for status lines)
         if model.api_tokens_file is not None:
             self.api_key, self.admin_key = read_api_tokens(model.api_tokens_file)
 
@@ -143,4 +149,5 @@ class TabbyAPIAdapter(EngineAdapter):
             if response.status_code >= 400:
                 text = (await response.aread()).decode(errors="replace")
                 raise EngineError(f"TabbyAPI load answered {response.status_code}: {text[:300]}")
-            await follow_load(response.aiter_lines(), self.tabby_model_name)
+            self.loading = LoadProgress(self.tabby_model_name)
+            await follow_load(response.aiter_lines(), self.loading)

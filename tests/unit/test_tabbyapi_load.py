@@ -91,8 +91,14 @@ async def _lines(chunks: list[str]):
         yield chunk
 
 
-def test_follow_load_reads_to_the_end() -> None:
-    asyncio.run(follow_load(_lines([*progress(1, 1), *progress(1, 1, "finished")]), "M"))
+def test_follow_load_reads_to_the_end_and_tracks_the_model_fraction() -> None:
+    load = LoadProgress("M")
+    lines = [*progress(1, 1, "finished", model_type="draft"), *progress(1, 4)]
+    for line in lines:
+        load.feed(line)
+    assert load.fraction == 0.25 and not load.finished
+    asyncio.run(follow_load(_lines([*progress(4, 4), *progress(4, 4, "finished")]), load))
+    assert load.fraction == 1.0 and load.finished
 
 
 def _tabby(handler, tmp_path) -> TabbyAPIAdapter:
