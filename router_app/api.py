@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
 from .config import Config, ConfigError, read_keys, read_secret
 from .engines import adapter_for
-from .metrics import CONTENT_TYPE_LATEST, RouterMetrics
-from .proxy import CHAT, COMPLETIONS, EMBEDDINGS, Proxy, json_error
-from .runtime import ModelRuntime, SwitchError
+from .errors import json_error
+from .history import History
+from .memory import MemoryModel, Nvml
+from .metrics import RouterMetrics
+from .proxy import CHAT, COMPLETIONS, EMBEDDINGS, Proxy
+from .routes import RouterContext, admin_routes, model_routes, status_routes
+from .runtime import ModelRuntime
 from .supervisor import ProcessSupervisor, Supervisor, SystemdSupervisor, default_unit_name
-from .upstream import Upstream
+from .switcher import Switcher
+from .upstream import Upstream, connection_policy
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +140,6 @@ def build_supervisor(config: Config, model_id: str) -> Supervisor | None:
 
 def create_app(config: Config) -> EntryPoint:
     """The router as an ASGI app; engines are adopted on startup and (process supervisor) stopped on exit."""
-    from .switcher import Switcher
-
     settings = config.router
     keys = Keys(config)
     metrics = RouterMetrics()
@@ -158,10 +159,17 @@ def create_app(config: Config) -> EntryPoint:
         )
         for model in config.models
     }
-    upstream = Upstream()
-    switcher = Switcher(runtimes, settings.drain_timeout_s, metrics, before_evict=upstream.disconnect)
+    upstream = Upstream({m.id: connection_policy(m) for m in config.models})
+    switcher = Switcher(
+        runtimes,
+        settings,
+        metrics,
+        before_evict=upstream.disconnect,
+        memory=MemoryModel(config, Nvml.open() if settings.memory.source in ("auto", "nvml") else None),
+        history=History(settings.state_dir),
+    )
     proxy = Proxy(config, switcher, upstream, metrics)
-    started = time.time()
+    context = RouterContext(config, runtimes, switcher, metrics)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -190,137 +198,6 @@ def create_app(config: Config) -> EntryPoint:
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return json_error(400, f"invalid request: {exc.errors()}", "invalid_request_error")
 
-    # --- OpenAI API ----------------------------------------------------------------------
-
-    @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        data = []
-        for model in config.models:
-            runtime = runtimes[model.id]
-            data.append(
-                {
-                    "id": model.id,
-                    "object": "model",
-                    "created": int(started),
-                    "owned_by": "llm-router",
-                    "backend": model.backend.value,
-                    "state": runtime.state.value,
-                    "aliases": model.aliases,
-                    "group": model.group,
-                    **({"description": model.description} if model.description else {}),
-                }
-            )
-        return {"object": "list", "data": data}
-
-    @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str) -> Response:
-        model = config.find(model_id)
-        if model is None:
-            return json_error(
-                404, f"The model '{model_id}' does not exist", "invalid_request_error", code="model_not_found"
-            )
-        return JSONResponse(
-            {
-                "id": model.id,
-                "object": "model",
-                "created": int(started),
-                "owned_by": "llm-router",
-                "backend": model.backend.value,
-                "state": runtimes[model.id].state.value,
-            }
-        )
-
-    # --- status --------------------------------------------------------------------------
-
-    def _model_health(model_id: str) -> dict[str, Any]:
-        runtime = runtimes[model_id]
-        return {"id": model_id, **runtime.info(), "inflight": switcher.scheduler.inflight(model_id)}
-
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        current = switcher.current()
-        backends: dict[str, dict[str, int]] = {}
-        for model in config.models:
-            states = backends.setdefault(model.backend.value, {})
-            state = runtimes[model.id].state.value
-            states[state] = states.get(state, 0) + 1
-        return {
-            "status": "ok",
-            "version": __version__,
-            "uptime_s": round(time.time() - started, 1),
-            "current": [m for m in current.values() if m],
-            "groups": current,
-            "switching": switcher.switching(),
-            "backends": backends,
-            "models": [_model_health(m.id) for m in config.models],
-        }
-
-    @app.get("/health/all")
-    async def health_all() -> dict[str, Any]:
-        return {"models": {m.id: _model_health(m.id) for m in config.models}}
-
-    @app.get("/health/{model_id:path}")
-    async def health_model(model_id: str) -> Response:
-        model = config.find(model_id)
-        if model is None:
-            return json_error(
-                404, f"The model '{model_id}' does not exist", "invalid_request_error", code="model_not_found"
-            )
-        return JSONResponse(_model_health(model.id))
-
-    @app.get("/running")
-    async def running() -> dict[str, Any]:
-        return {
-            "running": [
-                _model_health(m.id)
-                for m in config.models
-                if runtimes[m.id].supervisor is not None and runtimes[m.id].state.value != "stopped"
-            ]
-        }
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    # --- admin ---------------------------------------------------------------------------
-
-    async def _admin_model(request: Request, required: bool) -> tuple[str | None, Response | None]:
-        try:
-            body = await request.json() if await request.body() else {}
-        except ValueError:
-            return None, json_error(400, "request body is not valid JSON", "invalid_request_error")
-        name = body.get("model") if isinstance(body, dict) else None
-        if name is None and not required:
-            return None, None
-        model = config.find(name) if isinstance(name, str) else None
-        if model is None:
-            return None, json_error(
-                404 if name else 400,
-                f"unknown model {name!r}",
-                "invalid_request_error",
-                code="model_not_found",
-                param="model",
-            )
-        return model.id, None
-
-    @app.post("/admin/load")
-    async def admin_load(request: Request) -> Response:
-        model_id, error = await _admin_model(request, required=True)
-        if error is not None or model_id is None:
-            return error or json_error(400, "missing 'model'", "invalid_request_error")
-        try:
-            await switcher.load(model_id)
-        except SwitchError as exc:
-            return json_error(503, str(exc), "service_unavailable", code="model_load_failed")
-        return JSONResponse({"loaded": model_id, **_model_health(model_id)})
-
-    @app.post("/admin/unload")
-    async def admin_unload(request: Request) -> Response:
-        model_id, error = await _admin_model(request, required=False)
-        if error is not None:
-            return error
-        targets = [model_id] if model_id else [m for m in switcher.current().values() if m]
-        unloaded = [m for m in targets if await switcher.unload(m)]
-        return JSONResponse({"unloaded": unloaded})
-
+    for router in (model_routes(context), status_routes(context), admin_routes(context)):
+        app.include_router(router)
     return EntryPoint(app, proxy, keys)

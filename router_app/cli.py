@@ -76,7 +76,7 @@ def models(args: argparse.Namespace) -> None:
     from .supervisor import default_unit_name
 
     config = _load(args.config)
-    rows = [("ID", "BACKEND", "GROUP", "ALIASES", "STARTED BY")]
+    rows = [("ID", "BACKEND", "PLACEMENT", "ALIASES", "STARTED BY")]
     for model in config.models:
         if not model.local:
             how = model.url or ""
@@ -84,7 +84,12 @@ def models(args: argparse.Namespace) -> None:
             how = model.unit or default_unit_name(model.id)
         else:
             how = " ".join(model.command or [])
-        rows.append((model.id, model.backend.value, model.group, ",".join(model.aliases) or "-", how))
+        placement = ",".join(model.devices or []) or "any"
+        if model.group:
+            placement += f" (group {model.group})"
+        if model.pinned:
+            placement += " pinned"
+        rows.append((model.id, model.backend.value, placement, ",".join(model.aliases) or "-", how))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])

@@ -7,12 +7,13 @@ Unknown keys are errors, and every error names the file, the key path and what i
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_PATH = Path("/etc/llm-router/config.yml")
 
@@ -49,6 +50,52 @@ class Strict(BaseModel):
 PositiveSeconds = Annotated[float, Field(gt=0)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from 8589934592, "8GiB", "8 GB", "512MiB" (binary and decimal units)."""
+    if isinstance(value, bool):
+        raise ValueError("a size such as 24GiB or 512MiB")
+    if isinstance(value, int | float):
+        return int(value)
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size such as 24GiB, 512MiB or 8GB")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+
+
+class MemorySettings(Strict):
+    """How the router learns what fits (the `router.memory:` section)."""
+
+    # auto: NVML when it finds GPUs, else the declared devices, else one model per group at a time.
+    source: Literal["auto", "nvml", "declared", "off"] = "auto"
+    # Declared capacities by device name: GPU indices ("0", "1") override NVML; other names (e.g. "cpu")
+    # are budgets for hosts without GPUs, measured against the engines' resident memory (RSS).
+    devices: dict[str, ByteSize] = Field(default_factory=dict)
+    # Kept free on every device (CUDA contexts, fragmentation, other processes).
+    reserve: ByteSize = 0
+    # Before starting a model, wait at most this long for the memory its victims held to be free.
+    free_wait_s: Annotated[float, Field(ge=0)] = 30.0
+
 
 class RouterSettings(Strict):
     """Settings of the router process itself (the `router:` section)."""
@@ -67,6 +114,14 @@ class RouterSettings(Strict):
     admin_key_file: Path | None = None
     log_lines: Annotated[int, Field(ge=1, le=10000)] = 200
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    # A resident model that others wait for keeps serving new requests at most this long (counted from
+    # the oldest waiter's arrival, or from when the resident became ready if later); then it drains.
+    fairness_s: Annotated[float, Field(ge=0)] = 10.0
+    # Unload a model after this long without requests (from the end of its last one); null: never.
+    idle_ttl_s: PositiveSeconds | None = None
+    # Load times and learned footprints survive restarts here (null: kept in memory only).
+    state_dir: Path | None = None
 
 
 DEFAULT_HEALTH_PATH = {
@@ -90,7 +145,9 @@ class ModelConfig(Strict):
     port: Port | None = None
     url: str | None = None
     health_path: str | None = None
-    group: str = "default"
+    # Exclusive group: at most one model of a group is resident. Without memory information every
+    # model is in group "default" (one at a time).
+    group: str | None = None
     evict: Literal["stop", "sleep"] = "stop"
     unit: str | None = None
     command: list[str] | None = None
@@ -100,6 +157,20 @@ class ModelConfig(Strict):
     api_tokens_file: Path | None = None
     load_timeout_s: PositiveSeconds | None = None
     tabby_model_name: str | None = None
+    # Placement and lifecycle.
+    devices: list[str] | None = None  # devices it occupies (GPU indices or declared names); default: all
+    memory: ByteSize | None = None  # footprint per device when resident; default: learned, else estimated
+    sleep_memory: ByteSize | None = None  # footprint per device while asleep (evict: sleep)
+    weights: Path | None = None  # model file or directory, for the estimate before the first load
+    context_length: Annotated[int, Field(gt=0)] | None = None
+    parallel: Annotated[int, Field(gt=0)] | None = None
+    mem_fraction: Annotated[float, Field(gt=0, le=1)] | None = None  # engine's own memory fraction flag
+    pinned: bool = False  # never evicted, never unloaded by TTL
+    preload: bool = False  # loaded when the router starts
+    ttl_s: PositiveSeconds | None = None  # idle unload; overrides router.idle_ttl_s
+    # When every client waiting for a load left: cancel it, or finish it. Default: cancel for
+    # engines that stop, finish for engines that sleep.
+    on_abandon: Literal["cancel", "finish"] | None = None
 
     @field_validator("id", "aliases")
     @classmethod
@@ -136,6 +207,12 @@ class ModelConfig(Strict):
         if self.backend is Backend.TABBYAPI and self.evict == "sleep" and not self.api_tokens_file:
             raise ValueError("tabbyapi with evict 'sleep' unloads via its admin API: set 'api_tokens_file'")
         return self
+
+    @property
+    def cancel_abandoned(self) -> bool:
+        if self.on_abandon is not None:
+            return self.on_abandon == "cancel"
+        return self.evict == "stop"
 
     @property
     def engine_name(self) -> str:

@@ -42,6 +42,12 @@ class RouterMetrics:
             registry=self.registry,
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200),
         )
+        self.evictions = Counter(
+            "llm_router_evictions",
+            "Models evicted, by reason (memory, ttl, request, drain_timeout)",
+            ["model", "reason"],
+            registry=self.registry,
+        )
         self.completion_tokens = Counter(
             "llm_router_completion_tokens", "Generated tokens reported by engines", ["model"], registry=self.registry
         )

@@ -23,9 +23,10 @@ from starlette.types import Receive, Scope, Send
 
 from . import sse
 from .config import Config, ModelConfig, StatusStyle
+from .errors import json_error
 from .metrics import RouterMetrics
 from .runtime import SwitchError
-from .switcher import Switcher, Ticket
+from .switcher import ModelTooLarge, Switcher, Ticket
 from .upstream import Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,6 @@ _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 class ClientGone(Exception):
     """The client disconnected while we were waiting for something on its behalf."""
-
-
-def json_error(
-    status: int, message: str, type_: str, code: str | int | None = None, param: str | None = None
-) -> Response:
-    """An OpenAI-shaped error response."""
-    body = json.dumps(sse.error_payload(message, type_, code, param)).encode()
-    return Response(body, status_code=status, media_type="application/json")
 
 
 class DisconnectAwareStreamingResponse(StreamingResponse):
@@ -194,6 +187,11 @@ class Proxy:
         exchange = parsed
         ticket = self.switcher.ticket(exchange.model.id)
         self.metrics.inflight.labels(exchange.model.id).inc()
+        if ticket.granted.done() and ticket.granted.exception() is not None:  # decided at once: can never fit
+            self._finish(exchange, ticket, "switch_failed")
+            error = ticket.granted.exception()
+            code = "model_too_large" if isinstance(error, ModelTooLarge) else "model_load_failed"
+            return json_error(503, str(error), "service_unavailable", code=code)
         try:
             if exchange.stream:
                 return await self._stream(request, exchange, ticket)

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-POLL_FIRST_S = 0.01
+POLL_FIRST_S = 0.002
 POLL_MAX_S = 0.25
 # Bounds one wake-integrity probe beyond the adapter's own timeout; only a dead engine fails the switch there.
 FINGERPRINT_DEADLINE_S = 120.0
@@ -90,6 +90,7 @@ class ModelRuntime:
         self.since = time.time()
         self.port: int | None = model.port
         self.load_seconds: float | None = None
+        self.progress: float | None = None  # engine-reported load progress (0..1) where an engine gives one
         self._watch: asyncio.Task[None] | None = None
         self._metrics = metrics
         # Wake integrity: the probe's answer at the last cold load (None = unknown), restarts it caused.
@@ -223,7 +224,10 @@ class ModelRuntime:
 
     async def _wait_ready(self, deadline: float) -> None:
         delay = POLL_FIRST_S
-        for check in (self.adapter.health, self.adapter.probe_generation):
+        checks = [self.adapter.health]
+        if not self.adapter.health_means_loaded:
+            checks.append(self.adapter.probe_generation)
+        for check in checks:
             while await self._race_exit(check(), deadline) is not Health.READY:
                 await self._race_exit(asyncio.sleep(delay), deadline)
                 delay = min(delay * 1.5, POLL_MAX_S)
@@ -322,6 +326,11 @@ class ModelRuntime:
     async def _cleanup_after_failure(self) -> None:
         with contextlib.suppress(Exception):
             await self._stop_supervisor()
+
+    def mark_stopped(self) -> None:
+        """After a cancelled load (its cleanup already stopped the engine): stopped, not failed."""
+        self.last_error = None
+        self._set(ModelState.STOPPED)
 
     async def adopt(self) -> bool:
         """At router start: take over an engine that is already running and healthy (systemd units)."""

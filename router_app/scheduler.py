@@ -1,73 +1,93 @@
-"""Pure switching decisions: who runs, who is evicted, who waits.
+"""Pure scheduling decisions: which models are resident, which load, which are evicted, who waits.
 
-No I/O and no asyncio here. The switch owner (`router_app.switcher`) feeds events in and
-carries out the effects that come back. Policy: each GPU group holds one resident model
-(exclusive). Requests for the resident model go straight through; a request for another
-model starts one switch, later requests for the same target join it, and requests for yet
-another model queue FIFO behind it. A model is never evicted while it has requests in
-flight: the switch waits for them to drain (the owner bounds that wait).
+No I/O, no clock and no asyncio here: the owner (`router_app.switcher`) feeds events in with the
+current time and carries out the effects that come back. Policy:
+
+- Memory is counted per device (`router_app.placement`). A model loads as soon as it fits next to
+  what is resident; otherwise victims are chosen (idle before busy, cheapest to reload, least
+  recently used; never pinned, never loading) and evicted first.
+- A model with requests in flight is never evicted: it drains first (up to the owner's drain bound).
+- New requests for a resident model keep being served while others wait for it to leave, until the
+  oldest waiter has waited `fairness_s` (counted from when that resident became ready, so a model
+  just loaded serves at least that long); then it drains and the switch happens, and everything
+  queued for the newcomer is granted at once.
+- A model that can never fit (bigger than its device, pinned models counted) fails at once.
+- Idle models are evicted after their TTL; a load nobody waits for any more is cancelled where the
+  model says so.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .placement import Candidate, choose_victims, format_bytes, units
+
+
+class Phase(StrEnum):
+    STOPPED = "stopped"
+    PENDING = "pending"  # committed to load; waiting for its victims' memory
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"  # chosen as a victim; no new requests; evicted when the last one ends
+    EVICTING = "evicting"
+    SLEEPING = "sleeping"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the scheduler knows of one local model."""
+
+    id: str
+    devices: tuple[str, ...]
+    footprint: int | None = None  # bytes per device while resident; None: needs whole devices
+    estimated: bool = False  # footprint is a guess before the first load: never "can never fit", at most a device
+    sleep_footprint: int = 0  # bytes per device kept while asleep
+    sleeps: bool = False  # evicted by sleeping (process kept) rather than stopping
+    group: str | None = None  # exclusive group: at most one member resident
+    pinned: bool = False
+    ttl_s: float | None = None
+    cancel_abandoned: bool = True
 
 
 @dataclass(frozen=True)
 class Grant:
-    """The request may go to its model now."""
-
     request_id: int
     model: str
 
 
 @dataclass(frozen=True)
 class Fail:
-    """The request cannot be served: its switch failed."""
-
     request_id: int
+    model: str
+    reason: str
+    code: str = "model_load_failed"
+
+
+@dataclass(frozen=True)
+class Load:
+    """Start or wake `model`; report `load_done`."""
+
+    model: str
+
+
+@dataclass(frozen=True)
+class Evict:
+    """Stop or sleep `model` (it has no requests in flight, unless a drain timed out); report `evict_done`."""
+
     model: str
     reason: str
 
 
 @dataclass(frozen=True)
-class BeginSwitch:
-    """Stop (or sleep) `evict`, then make `target` resident. `target` None means unload only.
+class CancelLoad:
+    """Nobody waits for `model` any more: abort its load; report `load_done(ok=False)`."""
 
-    When `drain` is true, `evict` still has requests in flight: wait for `Drained` first.
-    """
-
-    group: str
-    target: str | None
-    evict: str | None
-    drain: bool
-
-
-@dataclass(frozen=True)
-class Drained:
-    """The model being evicted in `group` has no requests in flight any more."""
-
-    group: str
     model: str
 
 
-Effect = Grant | Fail | BeginSwitch | Drained
-
-
-@dataclass
-class _Switch:
-    target: str | None
-    evict: str | None
-    joiners: list[int] = field(default_factory=list)
-    draining: bool = False
-
-
-@dataclass
-class _Group:
-    resident: str | None = None
-    switch: _Switch | None = None
-    queue: deque[tuple[int, str]] = field(default_factory=deque)
+Effect = Grant | Fail | Load | Evict | CancelLoad
 
 
 @dataclass(frozen=True)
@@ -75,168 +95,382 @@ class Waiting:
     """Where a waiting request stands, for progress messages."""
 
     model: str
-    joined_switch: bool
-    queue_position: int
-    switch_target: str | None
-    switch_evict: str | None
-    draining: bool
+    phase: Phase
+    since: float
+    draining: tuple[tuple[str, int], ...]  # victims still serving: (model, requests in flight)
+    evicting: tuple[str, ...]
+    blocked_by: tuple[str, ...]  # busy residents it waits for (fairness not yet expired)
+
+
+@dataclass
+class _Model:
+    spec: ModelSpec
+    phase: Phase = Phase.STOPPED
+    inflight: int = 0
+    waiters: dict[int, float] = field(default_factory=dict)  # request id -> arrival, oldest first
+    last_used: float = 0.0
+    ready_since: float = 0.0
+    draining_since: float = 0.0
+    reload_cost_s: float = 0.0
+    victims: tuple[str, ...] = ()  # while PENDING
+    blocked_by: tuple[str, ...] = ()
+
+
+_FULL = (Phase.PENDING, Phase.LOADING, Phase.READY)
+_LEAVING = (Phase.DRAINING, Phase.EVICTING)
 
 
 class Scheduler:
-    """Switching state for all groups. `groups` maps each local model id to its GPU group;
-    models not in the map (remote endpoints) are always granted."""
+    """All scheduling state. `devices` maps device name to capacity in bytes (None: unknown, holds one model)."""
 
-    def __init__(self, groups: dict[str, str]) -> None:
-        self._group_of = dict(groups)
-        self._groups: dict[str, _Group] = {name: _Group() for name in set(groups.values())}
-        self._inflight: dict[str, int] = {}
+    def __init__(
+        self,
+        devices: dict[str, int | None],
+        models: Iterable[ModelSpec],
+        fairness_s: float = 10.0,
+        drain_timeout_s: float | None = None,
+        default_ttl_s: float | None = None,
+    ) -> None:
+        self.devices = dict(devices)
+        self._models = {spec.id: _Model(spec) for spec in models}
+        for spec in self._models.values():
+            for device in spec.spec.devices:
+                self.devices.setdefault(device, None)
+        self.fairness_s = fairness_s
+        self.drain_timeout_s = drain_timeout_s
+        self.default_ttl_s = default_ttl_s
         self._granted: dict[int, str] = {}
 
     # --- queries -------------------------------------------------------------------------
 
-    def resident(self, group: str) -> str | None:
-        return self._groups[group].resident
-
-    def residents(self) -> dict[str, str | None]:
-        return {name: g.resident for name, g in self._groups.items()}
-
-    def switching(self, group: str) -> tuple[str | None, str | None] | None:
-        """(target, evict) of the switch in progress, or None."""
-        switch = self._groups[group].switch
-        return None if switch is None else (switch.target, switch.evict)
+    def phase(self, model: str) -> Phase:
+        return self._models[model].phase
 
     def inflight(self, model: str) -> int:
-        return self._inflight.get(model, 0)
+        return self._models[model].inflight if model in self._models else 0
 
-    def queued(self, group: str) -> list[tuple[int, str]]:
-        return list(self._groups[group].queue)
+    def spec(self, model: str) -> ModelSpec:
+        return self._models[model].spec
+
+    def manages(self, model: str) -> bool:
+        return model in self._models
+
+    def resident(self) -> list[str]:
+        """Models that serve or are about to (ready, draining, loading)."""
+        return [m for m, s in self._models.items() if s.phase in (Phase.READY, Phase.DRAINING, Phase.LOADING)]
+
+    def last_used(self, model: str) -> float:
+        return self._models[model].last_used
 
     def waiting(self, request_id: int) -> Waiting | None:
-        """Where a not-yet-granted request stands, or None if it is not waiting."""
-        for group in self._groups.values():
-            switch = group.switch
-            if switch is None:
+        for state in self._models.values():
+            since = state.waiters.get(request_id)
+            if since is None:
                 continue
-            if request_id in switch.joiners:
-                return Waiting(switch.target or "", True, 0, switch.target, switch.evict, switch.draining)
-            for position, (rid, model) in enumerate(group.queue, start=1):
-                if rid == request_id:
-                    return Waiting(model, False, position, switch.target, switch.evict, switch.draining)
+            draining = tuple(
+                (v, self._models[v].inflight) for v in state.victims if self._models[v].phase is Phase.DRAINING
+            )
+            evicting = tuple(v for v in state.victims if self._models[v].phase is Phase.EVICTING)
+            return Waiting(state.spec.id, state.phase, since, draining, evicting, state.blocked_by)
         return None
+
+    def used(self, device: str) -> int:
+        """Memory (units of the device) held right now by models on it."""
+        return sum(self._held(state, device) for state in self._models.values())
+
+    def next_deadline(self) -> float | None:
+        """When `tick` may have something to do (TTL, fairness or drain bound), or None."""
+        times: list[float] = []
+        for state in self._models.values():
+            ttl = self._ttl(state)
+            if state.phase is Phase.READY and state.inflight == 0 and ttl is not None:
+                times.append(state.last_used + ttl)
+            if state.phase is Phase.DRAINING and self.drain_timeout_s is not None:
+                times.append(state.draining_since + self.drain_timeout_s)
+            if state.blocked_by and state.waiters:
+                start = max(
+                    [next(iter(state.waiters.values()))]
+                    + [self._models[b].ready_since for b in state.blocked_by if b in self._models]
+                )
+                times.append(start + self.fairness_s)
+        return min(times) if times else None
 
     # --- events --------------------------------------------------------------------------
 
-    def request(self, request_id: int, model: str) -> list[Effect]:
+    def request(self, request_id: int, model: str, now: float) -> list[Effect]:
         """A request for `model` arrived."""
-        group_name = self._group_of.get(model)
-        if group_name is None:
+        state = self._models.get(model)
+        if state is None or state.phase is Phase.READY:
             return [self._grant(request_id, model)]
-        group = self._groups[group_name]
-        switch = group.switch
-        if switch is None:
-            if group.resident == model:
-                return [self._grant(request_id, model)]
-            return self._begin(group_name, model, [request_id])
-        if switch.target == model:
-            switch.joiners.append(request_id)
-        else:
-            group.queue.append((request_id, model))
-        return []
+        state.waiters[request_id] = now
+        return self._plan(now)
 
-    def release(self, request_id: int) -> list[Effect]:
+    def release(self, request_id: int, now: float) -> list[Effect]:
         """A granted request finished (or its client went away)."""
         model = self._granted.pop(request_id, None)
-        if model is None:
+        state = self._models.get(model or "")
+        if state is None:
             return []
-        self._inflight[model] -= 1
-        if self._inflight[model]:
+        state.inflight -= 1
+        if state.inflight:
             return []
-        group_name = self._group_of.get(model)
-        if group_name is None:
-            return []
-        switch = self._groups[group_name].switch
-        if switch is not None and switch.draining and switch.evict == model:
-            switch.draining = False
-            return [Drained(group_name, model)]
-        return []
-
-    def cancel(self, request_id: int) -> list[Effect]:
-        """A waiting request's client went away; a granted one is released instead."""
-        if request_id in self._granted:
-            return self.release(request_id)
-        for group in self._groups.values():
-            if group.switch is not None and request_id in group.switch.joiners:
-                group.switch.joiners.remove(request_id)
-                return []
-            for entry in group.queue:
-                if entry[0] == request_id:
-                    group.queue.remove(entry)
-                    return []
-        return []
-
-    def drain_timed_out(self, group_name: str) -> None:
-        """The owner gave up waiting for in-flight requests and proceeds with the eviction."""
-        switch = self._groups[group_name].switch
-        if switch is not None:
-            switch.draining = False
-
-    def switch_done(self, group_name: str, ok: bool, reason: str = "") -> list[Effect]:
-        """The switch of `group_name` finished: target resident if ok, nothing resident if not."""
-        group = self._groups[group_name]
-        switch = group.switch
-        assert switch is not None, f"no switch in progress in group {group_name}"
-        group.switch = None
+        state.last_used = now
         effects: list[Effect] = []
+        if state.phase is Phase.DRAINING:
+            effects += self._evict(state, "drained")
+        return effects + self._plan(now)
+
+    def cancel(self, request_id: int, now: float) -> list[Effect]:
+        """A request's client went away: release it if granted, else stop waiting."""
+        if request_id in self._granted:
+            return self.release(request_id, now)
+        for state in self._models.values():
+            if state.waiters.pop(request_id, None) is None:
+                continue
+            if state.waiters:
+                return []
+            if state.phase is Phase.LOADING and state.spec.cancel_abandoned:
+                return [CancelLoad(state.spec.id)]
+            if state.phase is Phase.PENDING:
+                state.phase, state.victims = Phase.STOPPED, ()
+                return self._plan(now)
+            state.blocked_by = ()
+            return []
+        return []
+
+    def load_done(self, model: str, ok: bool, reason: str, now: float) -> list[Effect]:
+        """The load of `model` finished: everything waiting for it is granted (or failed) at once."""
+        state = self._models[model]
+        if state.phase is not Phase.LOADING:
+            return []
+        waiters = list(state.waiters)
+        state.waiters.clear()
         if ok:
-            group.resident = switch.target
-            effects += [self._grant(rid, switch.target) for rid in switch.joiners if switch.target]
-            # Batch: everything already queued for the new resident goes now, not after another round trip.
-            for entry in [e for e in group.queue if e[1] == switch.target]:
-                group.queue.remove(entry)
-                effects.append(self._grant(entry[0], entry[1]))
+            state.phase, state.ready_since, state.last_used = Phase.READY, now, now
+            effects: list[Effect] = [self._grant(rid, model) for rid in waiters]
         else:
-            group.resident = None
-            effects += [Fail(rid, switch.target or "", reason) for rid in switch.joiners]
-        if group.queue:
-            head_model = group.queue[0][1]
-            joiners = [rid for rid, model in group.queue if model == head_model]
-            group.queue = deque(e for e in group.queue if e[1] != head_model)
-            effects += self._begin(group_name, head_model, joiners)
-        return effects
+            state.phase = Phase.STOPPED
+            effects = [Fail(rid, model, reason) for rid in waiters]
+        return effects + self._plan(now)
 
-    def engine_lost(self, model: str) -> None:
-        """The resident engine died on its own: the next request for it loads it again."""
-        group_name = self._group_of.get(model)
-        if group_name is not None and self._groups[group_name].resident == model:
-            self._groups[group_name].resident = None
+    def evict_done(self, model: str, slept: bool, now: float) -> list[Effect]:
+        """`model` is stopped (or asleep, holding only its sleep footprint)."""
+        state = self._models[model]
+        state.phase = Phase.SLEEPING if slept else Phase.STOPPED
+        return self._plan(now)
 
-    def adopt(self, model: str) -> None:
-        """At start-up: `model` is found already running and becomes its group's resident."""
-        group = self._groups[self._group_of[model]]
-        if group.switch is None and group.resident is None:
-            group.resident = model
-
-    def unload(self, model: str) -> list[Effect]:
-        """Evict `model` without loading another. No-op unless it is resident and no switch runs."""
-        group_name = self._group_of.get(model)
-        if group_name is None:
+    def engine_lost(self, model: str, now: float) -> list[Effect]:
+        """The engine died on its own: its memory is free; the next request loads it again."""
+        state = self._models.get(model)
+        if state is None or state.phase not in (Phase.READY, Phase.DRAINING, Phase.SLEEPING):
             return []
-        group = self._groups[group_name]
-        if group.switch is not None or group.resident != model:
+        state.phase = Phase.STOPPED
+        return self._plan(now)
+
+    def adopt(self, model: str, now: float) -> None:
+        """At start-up: `model` is found running and ready."""
+        state = self._models[model]
+        state.phase, state.ready_since, state.last_used = Phase.READY, now, now
+
+    def unload(self, model: str, now: float, reason: str = "unloaded on request") -> list[Effect]:
+        """Evict `model` without loading another (drains first). No-op unless it is ready or asleep."""
+        state = self._models.get(model)
+        if state is None:
             return []
-        return self._begin(group_name, None, [])
+        if state.phase is Phase.SLEEPING:
+            return self._evict(state, reason)
+        if state.phase is not Phase.READY:
+            return []
+        if state.inflight:
+            state.phase, state.draining_since = Phase.DRAINING, now
+            return []
+        return self._evict(state, reason)
+
+    def tick(self, now: float) -> list[Effect]:
+        """Time passed: idle TTLs, drain bounds and fairness bounds."""
+        effects: list[Effect] = []
+        for state in self._models.values():
+            ttl = self._ttl(state)
+            if state.phase is Phase.READY and state.inflight == 0 and ttl is not None and now - state.last_used >= ttl:
+                effects += self._evict(state, f"idle for {now - state.last_used:.0f} s (ttl {ttl:.0f} s)")
+            elif (
+                state.phase is Phase.DRAINING
+                and self.drain_timeout_s is not None
+                and now - state.draining_since >= self.drain_timeout_s
+            ):
+                effects += self._evict(state, f"{state.inflight} request(s) still running after drain timeout")
+        return effects + self._plan(now)
+
+    def set_footprint(self, model: str, footprint: int | None, sleep_footprint: int | None = None) -> None:
+        """A learned footprint replaces the estimate (the owner measured it)."""
+        state = self._models[model]
+        spec = state.spec
+        state.spec = ModelSpec(
+            **{
+                **spec.__dict__,
+                "footprint": footprint,
+                "estimated": False,
+                "sleep_footprint": spec.sleep_footprint if sleep_footprint is None else sleep_footprint,
+            }
+        )
+
+    def set_capacity(self, device: str, capacity: int | None) -> None:
+        self.devices[device] = capacity
+
+    def set_reload_cost(self, model: str, seconds: float) -> None:
+        self._models[model].reload_cost_s = seconds
 
     # --- internals -----------------------------------------------------------------------
 
+    def _ttl(self, state: _Model) -> float | None:
+        if state.spec.pinned:
+            return None
+        return state.spec.ttl_s if state.spec.ttl_s is not None else self.default_ttl_s
+
     def _grant(self, request_id: int, model: str) -> Grant:
         self._granted[request_id] = model
-        self._inflight[model] = self._inflight.get(model, 0) + 1
+        state = self._models.get(model)
+        if state is not None:
+            state.inflight += 1
         return Grant(request_id, model)
 
-    def _begin(self, group_name: str, target: str | None, joiners: list[int]) -> list[Effect]:
-        group = self._groups[group_name]
-        evict = group.resident
-        drain = evict is not None and self.inflight(evict) > 0
-        group.switch = _Switch(target=target, evict=evict, joiners=joiners, draining=drain)
-        group.resident = None
-        return [BeginSwitch(group_name, target, evict, drain)]
+    def _evict(self, state: _Model, reason: str) -> list[Effect]:
+        state.phase = Phase.EVICTING
+        return [Evict(state.spec.id, reason)]
+
+    def _units(self, state: _Model, device: str, resident: bool) -> int:
+        capacity = self.devices.get(device)
+        if not resident:
+            return 0 if capacity is None else min(state.spec.sleep_footprint, capacity)
+        footprint = units(capacity, state.spec.footprint)[1]
+        return min(footprint, capacity) if state.spec.estimated and capacity is not None else footprint
+
+    def _held(self, state: _Model, device: str) -> int:
+        """What `state` holds on `device` right now."""
+        if device not in state.spec.devices:
+            return 0
+        if state.phase in (Phase.LOADING, Phase.READY, Phase.DRAINING, Phase.EVICTING):
+            return self._units(state, device, True)
+        if state.phase is Phase.SLEEPING:
+            return self._units(state, device, False)
+        return 0
+
+    def _projected(self, state: _Model, device: str) -> int:
+        """What `state` will hold on `device` once the moves under way are done."""
+        if device not in state.spec.devices:
+            return 0
+        if state.phase in _FULL:
+            return self._units(state, device, True)
+        if state.phase is Phase.SLEEPING or (state.phase in _LEAVING and state.spec.sleeps):
+            return self._units(state, device, False)
+        return 0
+
+    def _after_evict(self, state: _Model, device: str) -> int:
+        return self._units(state, device, False) if state.spec.sleeps else 0
+
+    def _capacity(self, device: str) -> int:
+        return units(self.devices.get(device), None)[0]
+
+    def _never_fits(self, state: _Model) -> str | None:
+        for device in state.spec.devices:
+            capacity = self.devices.get(device)
+            pinned = [
+                other
+                for other in self._models.values()
+                if other is not state and other.spec.pinned and device in other.spec.devices
+            ]
+            if capacity is None:
+                if pinned:
+                    names = ", ".join(o.spec.id for o in pinned)
+                    return f"{state.spec.id} needs device {device} to itself, but pinned {names} never leaves"
+                continue
+            need = self._units(state, device, True)
+            reserved = sum(self._units(o, device, True) for o in pinned)
+            if state.spec.estimated:
+                need = min(need, max(capacity - reserved, 1))  # a guess: try it on whatever is left
+            if need + reserved > capacity:
+                extra = f" ({format_bytes(reserved)} of it held by pinned models)" if reserved else ""
+                return (
+                    f"{state.spec.id} needs {format_bytes(need)} on device {device}, which has "
+                    f"{format_bytes(capacity)}{extra}; it can never be loaded there"
+                )
+        return None
+
+    def _plan(self, now: float) -> list[Effect]:
+        """Move every waiting model as far as it can go, oldest waiter first."""
+        effects: list[Effect] = []
+        waiting = [s for s in self._models.values() if s.waiters and s.phase in (Phase.STOPPED, Phase.SLEEPING)]
+        waiting += [s for s in self._models.values() if s.phase is Phase.PENDING]
+        for state in sorted(waiting, key=lambda s: min(s.waiters.values(), default=now)):
+            effects += self._advance(state, now)
+        return effects
+
+    def _advance(self, state: _Model, now: float) -> list[Effect]:
+        if state.phase is Phase.PENDING:
+            return self._start_if_free(state)
+        reason = self._never_fits(state)
+        if reason is not None:
+            failed = [Fail(rid, state.spec.id, reason, code="model_too_large") for rid in state.waiters]
+            state.waiters.clear()
+            return list(failed)
+        same_group = [
+            o
+            for o in self._models.values()
+            if o is not state and state.spec.group is not None and o.spec.group == state.spec.group
+        ]
+        if any(o.phase in (Phase.PENDING, Phase.LOADING) for o in same_group):
+            return []
+        forced = [o for o in same_group if o.phase is Phase.READY]
+        needed: dict[str, int] = {}
+        for device in state.spec.devices:
+            projected = sum(self._projected(o, device) for o in self._models.values() if o is not state)
+            projected -= sum(self._projected(o, device) - self._after_evict(o, device) for o in forced)
+            needed[device] = self._units(state, device, True) - (self._capacity(device) - projected)
+        candidates = [
+            Candidate(
+                model=o.spec.id,
+                frees={d: self._projected(o, d) - self._after_evict(o, d) for d in o.spec.devices}
+                if o.phase is Phase.READY
+                else {d: self._projected(o, d) for d in o.spec.devices},
+                busy=o.inflight > 0,
+                reload_cost_s=o.reload_cost_s,
+                last_used=o.last_used,
+            )
+            for o in self._models.values()
+            if o is not state and o not in forced and not o.spec.pinned and o.phase in (Phase.READY, Phase.SLEEPING)
+        ]
+        chosen = choose_victims(needed, candidates)
+        if chosen is None:
+            state.blocked_by = ()
+            return []  # what it needs is loading or pinned-for-now: wait for the next event
+        victims = [self._models[c.model] for c in chosen] + forced
+        busy = [v for v in victims if v.phase is Phase.READY and v.inflight > 0]
+        if busy:
+            start = max([min(state.waiters.values())] + [v.ready_since for v in busy])
+            if now - start < self.fairness_s:
+                state.blocked_by = tuple(v.spec.id for v in busy)
+                return []
+        state.blocked_by = ()
+        effects: list[Effect] = []
+        reason = f"making room for {state.spec.id}"
+        for victim in victims:
+            if victim.phase is Phase.READY and victim.inflight:
+                victim.phase, victim.draining_since = Phase.DRAINING, now
+            else:
+                effects += self._evict(victim, reason)
+        state.phase, state.victims = Phase.PENDING, tuple(v.spec.id for v in victims)
+        return effects + self._start_if_free(state)
+
+    def _start_if_free(self, state: _Model) -> list[Effect]:
+        group = state.spec.group
+        if group is not None and any(
+            o is not state and o.spec.group == group and o.phase not in (Phase.STOPPED, Phase.SLEEPING, Phase.PENDING)
+            for o in self._models.values()
+        ):
+            return []
+        for device in state.spec.devices:
+            others = sum(self._held(o, device) for o in self._models.values() if o is not state)
+            if others + self._units(state, device, True) > self._capacity(device):
+                return []
+        state.phase, state.victims = Phase.LOADING, ()
+        return [Load(state.spec.id)]

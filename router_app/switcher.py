@@ -1,8 +1,10 @@
-"""The single owner of switching state.
+"""The single owner of scheduling state.
 
-Every scheduler event happens here, synchronously on the event loop, so no two coroutines
-ever see the state half-changed. The owner turns the scheduler's effects into actions:
-resolving waiting requests and running one switch task per GPU group.
+Every scheduler event happens here, synchronously on the event loop, so no two coroutines ever
+see the state half-changed. The owner turns the scheduler's effects into actions: resolving
+waiting requests, one task per load or eviction, cancelling abandoned loads, and a timer for the
+scheduler's next deadline (idle TTL, fairness and drain bounds). It also learns what each model
+costs: its load time and, once ready, its footprint (`router_app.memory`), kept in `History`.
 """
 
 from __future__ import annotations
@@ -13,23 +15,20 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 
+from .config import RouterSettings
+from .history import History
+from .memory import MemoryModel, estimate_footprint, footprint_key
 from .metrics import RouterMetrics
+from .placement import format_bytes
 from .runtime import ModelRuntime, ModelState, SwitchError
-from .scheduler import BeginSwitch, Drained, Effect, Fail, Grant, Scheduler
+from .scheduler import CancelLoad, Effect, Evict, Fail, Grant, Load, ModelSpec, Phase, Scheduler
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _SwitchProgress:
-    target: str | None
-    evict: str | None
-    started: float = field(default_factory=time.monotonic)
-    phase: str = "draining"
-    drained: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
+class ModelTooLarge(SwitchError):
+    """The model can never fit on its devices."""
 
 
 class Ticket:
@@ -45,7 +44,7 @@ class Ticket:
         self._released = False
 
     async def wait(self) -> None:
-        """Wait until the model is resident (raises SwitchError if the switch failed)."""
+        """Wait until the model is resident (raises SwitchError if its load failed)."""
         await asyncio.shield(self.granted)
 
     def status(self) -> str:
@@ -57,45 +56,95 @@ class Ticket:
         if self._released:
             return
         self._released = True
+        switcher = self._switcher
         if self.granted.done() and not self.granted.cancelled() and self.granted.exception() is None:
-            self._switcher.apply(self._switcher.scheduler.release(self.request_id))
+            switcher.apply(switcher.scheduler.release(self.request_id, switcher.clock()))
         else:
-            self._switcher.forget(self.request_id)
-            self._switcher.apply(self._switcher.scheduler.cancel(self.request_id))
+            switcher.forget(self.request_id)
+            switcher.apply(switcher.scheduler.cancel(self.request_id, switcher.clock()))
             if not self.granted.done():
                 self.granted.cancel()
 
 
 class Switcher:
-    """Owns the scheduler, the model runtimes and the switch tasks."""
+    """Owns the scheduler, the model runtimes and the load/evict tasks."""
 
     def __init__(
         self,
         runtimes: dict[str, ModelRuntime],
-        drain_timeout_s: float,
+        settings: RouterSettings,
         metrics: RouterMetrics | None = None,
         before_evict: Callable[[str], Awaitable[None]] | None = None,
+        memory: MemoryModel | None = None,
+        history: History | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runtimes = runtimes
-        groups = {mid: rt.model.group for mid, rt in runtimes.items() if rt.supervisor is not None}
-        self.scheduler = Scheduler(groups)
-        self._drain_timeout_s = drain_timeout_s
+        self.settings = settings
+        self.memory = memory
+        self.history = history or History(None)
+        self.clock = clock
         self._metrics = metrics
         self._before_evict = before_evict
+        self.scheduler = Scheduler(
+            memory.capacities() if memory else {},
+            [self._spec(rt) for rt in runtimes.values() if rt.supervisor is not None],
+            fairness_s=settings.fairness_s,
+            drain_timeout_s=settings.drain_timeout_s,
+            default_ttl_s=settings.idle_ttl_s,
+        )
+        for model_id, runtime in runtimes.items():
+            median = self.history.get(model_id).median_load_s()
+            if median is not None and self.scheduler.manages(model_id):
+                self.scheduler.set_reload_cost(model_id, median)
+            runtime.on_lost = self._engine_lost
         self._ids: Iterator[int] = itertools.count(1)
         self._tickets: dict[int, Ticket] = {}
-        self._switches: dict[str, _SwitchProgress] = {}
+        self._loads: dict[str, asyncio.Task[None]] = {}
+        self._load_started: dict[str, float] = {}
+        self._evictions: dict[str, asyncio.Task[None]] = {}
+        self._evicted: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        for runtime in runtimes.values():
-            runtime.on_lost = self._engine_lost
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closing = False
+
+    def _spec(self, runtime: ModelRuntime) -> ModelSpec:
+        model = runtime.model
+        memory = self.memory
+        enabled = memory is not None and memory.enabled
+        devices = memory.devices_of(model) if memory is not None else (model.group or "default",)
+        footprint = sleep_footprint = None
+        estimated = False
+        if enabled and memory is not None:
+            learned = self.history.footprint(model.id, footprint_key(model))
+            capacity = min((memory.capacities().get(d) or 0 for d in devices), default=0) or None
+            footprint = model.memory or (max(learned.values()) if learned else None)
+            if footprint is None:
+                footprint = estimate_footprint(model, capacity, len(devices))
+                estimated = footprint is not None
+            asleep = self.history.get(model.id).sleep_footprint
+            sleep_footprint = model.sleep_memory or (max(asleep.values()) if asleep else None)
+        return ModelSpec(
+            id=model.id,
+            devices=devices,
+            footprint=footprint,
+            estimated=estimated,
+            sleep_footprint=sleep_footprint or 0,
+            sleeps=model.evict == "sleep" and runtime.adapter.supports_sleep,
+            group=model.group if enabled else None,
+            pinned=model.pinned,
+            ttl_s=model.ttl_s,
+            cancel_abandoned=model.cancel_abandoned,
+        )
 
     # --- requests ------------------------------------------------------------------------
 
     def ticket(self, model: str) -> Ticket:
-        """Claim `model` for one request; granted at once if it is resident and nothing is switching."""
+        """Claim `model` for one request; granted at once if it is resident and not draining."""
         ticket = Ticket(self, next(self._ids), model)
         self._tickets[ticket.request_id] = ticket
-        self.apply(self.scheduler.request(ticket.request_id, model))
+        self.apply(self.scheduler.request(ticket.request_id, model, self.clock()))
         ticket.waited = not ticket.granted.done()
         return ticket
 
@@ -112,102 +161,168 @@ class Switcher:
             elif isinstance(effect, Fail):
                 ticket = self._tickets.pop(effect.request_id, None)
                 if ticket is not None and not ticket.granted.done():
-                    ticket.granted.set_exception(SwitchError(effect.reason))
+                    error = ModelTooLarge if effect.code == "model_too_large" else SwitchError
+                    ticket.granted.set_exception(error(effect.reason))
                     ticket.granted.exception()  # mark retrieved: a vanished client may never look
-            elif isinstance(effect, BeginSwitch):
-                self._start_switch(effect)
-            elif isinstance(effect, Drained):
-                progress = self._switches.get(effect.group)
-                if progress is not None:
-                    progress.drained.set()
+            elif isinstance(effect, Load):
+                self._spawn(self._load(effect.model), f"load-{effect.model}", self._loads, effect.model)
+            elif isinstance(effect, Evict):
+                self._evicted.setdefault(effect.model, asyncio.Event()).clear()
+                self._spawn(
+                    self._evict(effect.model, effect.reason), f"evict-{effect.model}", self._evictions, effect.model
+                )
+            elif isinstance(effect, CancelLoad):
+                task = self._loads.get(effect.model)
+                if task is not None:
+                    log.info("load of %s cancelled: every waiting client left", effect.model)
+                    task.cancel()
+        self._arm_timer()
 
-    def describe_wait(self, ticket: Ticket) -> str:
-        where = self.scheduler.waiting(ticket.request_id)
-        if where is None:
-            return f"Starting {ticket.model}…"
-        group = self.runtimes[ticket.model].model.group
-        progress = self._switches.get(group)
-        elapsed = int(time.monotonic() - ticket.created)
-        if not where.joined_switch:
-            ahead = where.switch_target or "unload"
-            return f"Queued for {ticket.model} (#{where.queue_position}) behind the switch to {ahead}… {elapsed} s"
-        if progress is not None and progress.phase == "draining" and where.switch_evict:
-            busy = self.scheduler.inflight(where.switch_evict)
-            return f"Waiting for {busy} request(s) on {where.switch_evict} to finish… {elapsed} s"
-        if progress is not None and progress.phase == "stopping" and where.switch_evict:
-            return f"Unloading {where.switch_evict}… {elapsed} s"
-        return f"Loading {ticket.model}… {elapsed} s"
-
-    # --- switching -----------------------------------------------------------------------
-
-    def _start_switch(self, effect: BeginSwitch) -> None:
-        progress = _SwitchProgress(effect.target, effect.evict)
-        if not effect.drain:
-            progress.drained.set()
-        self._switches[effect.group] = progress
-        task = asyncio.create_task(self._run_switch(effect, progress), name=f"switch-{effect.group}")
-        progress.task = task
+    def _spawn(self, coro: Awaitable[None], name: str, registry: dict[str, asyncio.Task[None]], model: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        registry[model] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_switch(self, effect: BeginSwitch, progress: _SwitchProgress) -> None:
-        group = effect.group
+    def _arm_timer(self) -> None:
+        if self._closing:
+            return
+        deadline = self.scheduler.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, deadline
+        if deadline is not None:
+            delay = max(deadline - self.clock(), 0.0) + 0.001
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self.apply(self.scheduler.tick(self.clock()))
+
+    # --- progress ------------------------------------------------------------------------
+
+    def load_estimate(self, model: str) -> float | None:
+        return self.history.get(model).median_load_s()
+
+    def describe_wait(self, ticket: Ticket) -> str:
+        where = self.scheduler.waiting(ticket.request_id)
+        now = self.clock()
+        elapsed = int(time.monotonic() - ticket.created)
+        if where is None:
+            return f"Starting {ticket.model}…"
+        if where.phase is Phase.LOADING:
+            loading = int(now - self._load_started.get(ticket.model, now))
+            estimate = self.load_estimate(ticket.model)
+            progress = self.runtimes[ticket.model].progress
+            text = f"Loading {ticket.model}… {loading} s"
+            if estimate is not None:
+                text += f" of ~{max(estimate, 1):.0f} s"
+            return text + (f" ({progress:.0%})" if progress is not None else "")
+        busy = list(where.draining) + [(m, self.scheduler.inflight(m)) for m in where.blocked_by]
+        if busy:
+            names = ", ".join(f"{count} request(s) on {model}" for model, count in busy)
+            return f"Waiting for {names} to finish… {elapsed} s"
+        if where.evicting:
+            return f"Unloading {', '.join(where.evicting)}… {elapsed} s"
+        if where.phase is Phase.PENDING:
+            return f"Freeing memory for {ticket.model}… {elapsed} s"
+        return f"Queued for {ticket.model}… {elapsed} s"
+
+    # --- loads and evictions ---------------------------------------------------------------
+
+    async def _load(self, model: str) -> None:
+        runtime = self.runtimes[model]
+        started = self.clock()
+        self._load_started[model] = started
         ok, reason = True, ""
-        log.info("switch in group %s: %s -> %s", group, effect.evict or "(none)", effect.target or "(none)")
+        spec = self.scheduler.spec(model)
         try:
-            if effect.drain:
-                try:
-                    await asyncio.wait_for(progress.drained.wait(), self._drain_timeout_s)
-                except TimeoutError:
+            if self.memory is not None and self.memory.enabled:
+                short = await self.memory.wait_free(spec.devices, spec.footprint)
+                if short:
                     log.warning(
-                        "switch in group %s: %d request(s) on %s still running after drain_timeout_s=%.0f; "
-                        "evicting anyway",
-                        group,
-                        self.scheduler.inflight(effect.evict or ""),
-                        effect.evict,
-                        self._drain_timeout_s,
+                        "starting %s although memory is not free after %.0f s: %s",
+                        model,
+                        self.memory.settings.free_wait_s,
+                        short,
                     )
-                    self.scheduler.drain_timed_out(group)
-            progress.phase = "stopping"
-            for runtime in self.runtimes.values():
-                # The evicted model, and anything else left over in this group (failed, half-started).
-                if (
-                    runtime.model.group == group
-                    and runtime.supervisor is not None
-                    and runtime.model.id != effect.target
-                    and runtime.state is not ModelState.STOPPED
-                    and (runtime.model.id == effect.evict or runtime.state is not ModelState.SLEEPING)
-                ):
-                    if self._before_evict is not None:
-                        await self._before_evict(runtime.model.id)
-                    await runtime.deactivate()
-            progress.phase = "loading"
-            if effect.target is not None:
-                await self.runtimes[effect.target].activate()
+            await runtime.activate()
         except SwitchError as exc:
             ok, reason = False, str(exc)
-            log.error("switch to %s failed: %s", effect.target, reason)
-        except Exception as exc:  # a bug or an unexpected OS error must not wedge the group
-            ok, reason = False, f"{effect.target}: {type(exc).__name__}: {exc}"
-            log.exception("switch to %s failed", effect.target)
+            log.error("loading %s failed: %s", model, reason)
+        except asyncio.CancelledError:
+            if self._closing:
+                raise
+            ok, reason = False, f"loading {model} was cancelled: every waiting client left"
+            runtime.mark_stopped()
+        except Exception as exc:  # a bug or an unexpected OS error must not wedge the scheduler
+            ok, reason = False, f"{model}: {type(exc).__name__}: {exc}"
+            log.exception("loading %s failed", model)
         finally:
-            elapsed = time.monotonic() - progress.started
-            if self._switches.get(group) is progress:
-                del self._switches[group]
-            if self._metrics is not None:
-                self._metrics.switch_done(effect.target or "", ok, elapsed)
-            log.info(
-                "switch in group %s to %s %s in %.2f s",
-                group,
-                effect.target or "(none)",
-                "done" if ok else "FAILED",
-                elapsed,
-            )
-            self.apply(self.scheduler.switch_done(group, ok, reason))
+            self._loads.pop(model, None)
+        elapsed = self.clock() - started
+        if self._metrics is not None:
+            self._metrics.switch_done(model, ok, elapsed)
+        if ok:
+            self.history.record_load(model, runtime.load_seconds or elapsed)
+            self.scheduler.set_reload_cost(model, self.history.get(model).median_load_s() or elapsed)
+            await self._learn(model, asleep=False)
+        log.info("load of %s %s in %.2f s", model, "done" if ok else "FAILED", elapsed)
+        self.apply(self.scheduler.load_done(model, ok, reason, self.clock()))
+
+    async def _evict(self, model: str, reason: str) -> None:
+        runtime = self.runtimes[model]
+        log.info("evicting %s: %s", model, reason)
+        if self._metrics is not None:
+            self._metrics.evictions.labels(model, _reason_kind(reason)).inc()
+        try:
+            if self._before_evict is not None:
+                await self._before_evict(model)
+            await runtime.deactivate()
+        except Exception:
+            log.exception("evicting %s failed", model)
+        finally:
+            self._evictions.pop(model, None)
+        slept = runtime.state is ModelState.SLEEPING
+        if slept:
+            await self._learn(model, asleep=True)
+        self.apply(self.scheduler.evict_done(model, slept, self.clock()))
+        self._evicted.setdefault(model, asyncio.Event()).set()
+
+    async def _learn(self, model: str, asleep: bool) -> None:
+        """Measure what the engine uses now and let the scheduler count with it from here on."""
+        memory = self.memory
+        runtime = self.runtimes[model]
+        if memory is None or not memory.enabled or runtime.supervisor is None:
+            return
+        try:
+            pids = await runtime.supervisor.pids()
+            usage = await asyncio.to_thread(memory.measure, runtime.model, pids)
+        except Exception as exc:
+            log.warning("cannot measure the memory of %s: %s", model, exc)
+            return
+        if not usage or not any(usage.values()):
+            return
+        self.history.record_footprint(model, footprint_key(runtime.model), usage, asleep=asleep)
+        measured = max(usage.values())
+        if runtime.model.memory is None and not asleep:
+            self.scheduler.set_footprint(model, measured)
+        elif asleep and runtime.model.sleep_memory is None:
+            self.scheduler.set_footprint(model, self.scheduler.spec(model).footprint, measured)
+        log.info(
+            "%s uses %s%s (%s)",
+            model,
+            format_bytes(measured),
+            " asleep" if asleep else "",
+            ", ".join(f"{d}: {format_bytes(b)}" for d, b in sorted(usage.items())),
+        )
 
     def _engine_lost(self, model: str, how: str) -> None:
         log.warning("model %s lost its engine (%s); the next request loads it again", model, how)
-        self.scheduler.engine_lost(model)
+        self.apply(self.scheduler.engine_lost(model, self.clock()))
 
     def mark_unreachable(self, model: str) -> None:
         """The proxy could not connect to a supposedly ready engine: reload it on the next request."""
@@ -215,7 +330,7 @@ class Switcher:
         if runtime is not None and runtime.supervisor is not None and runtime.state is ModelState.READY:
             runtime.state = ModelState.FAILED
             runtime.last_error = "engine refused connections"
-            self.scheduler.engine_lost(model)
+            self.apply(self.scheduler.engine_lost(model, self.clock()))
 
     # --- admin ---------------------------------------------------------------------------
 
@@ -228,53 +343,116 @@ class Switcher:
             ticket.release()
 
     async def unload(self, model: str) -> bool:
-        """Evict `model` if it is resident; returns whether anything was unloaded."""
-        runtime = self.runtimes[model]
-        if runtime.supervisor is None:
+        """Evict `model` (after its requests finish); returns whether anything was unloaded."""
+        if not self.scheduler.manages(model):
             return False
-        group = runtime.model.group
-        effects = self.scheduler.unload(model)
-        if not effects:
+        before = self.scheduler.phase(model)
+        if before not in (Phase.READY, Phase.SLEEPING):
             return False
-        self.apply(effects)
-        progress = self._switches.get(group)
-        if progress is not None and progress.task is not None:
-            await asyncio.shield(progress.task)
+        event = self._evicted.setdefault(model, asyncio.Event())
+        event.clear()
+        self.apply(self.scheduler.unload(model, self.clock()))
+        await event.wait()
         return True
 
-    def current(self) -> dict[str, str | None]:
-        """Resident model per GPU group."""
-        return self.scheduler.residents()
+    def current(self) -> dict[str, list[str]]:
+        """Resident models per device."""
+        out: dict[str, list[str]] = {}
+        for model in self.scheduler.resident():
+            for device in self.scheduler.spec(model).devices:
+                out.setdefault(device, []).append(model)
+        return out
+
+    def resident(self) -> list[str]:
+        return [m for m in self.scheduler.resident() if self.scheduler.phase(m) is not Phase.LOADING]
 
     def switching(self) -> dict[str, dict[str, object]]:
-        return {
-            group: {
-                "target": p.target,
-                "evict": p.evict,
-                "phase": p.phase,
-                "elapsed_s": round(time.monotonic() - p.started, 3),
-            }
-            for group, p in self._switches.items()
-        }
+        """Models on their way in or out."""
+        now = self.clock()
+        out: dict[str, dict[str, object]] = {}
+        for model in self.runtimes:
+            if not self.scheduler.manages(model):
+                continue
+            phase = self.scheduler.phase(model)
+            if phase in (Phase.LOADING, Phase.PENDING, Phase.DRAINING, Phase.EVICTING):
+                entry: dict[str, object] = {"phase": phase.value}
+                if phase is Phase.LOADING:
+                    entry["elapsed_s"] = round(now - self._load_started.get(model, now), 3)
+                    estimate = self.load_estimate(model)
+                    if estimate is not None:
+                        entry["estimate_s"] = round(estimate, 3)
+                out[model] = entry
+        return out
+
+    def memory_report(self) -> list[dict[str, object]]:
+        """Per device: capacity, what each resident model holds, what is free (for /health)."""
+        if self.memory is None or not self.memory.enabled:
+            return []
+        report = []
+        for name, info in self.memory.devices.items():
+            models = []
+            for model in self.runtimes:
+                if not self.scheduler.manages(model) or name not in self.scheduler.spec(model).devices:
+                    continue
+                phase = self.scheduler.phase(model)
+                if phase in (Phase.STOPPED, Phase.PENDING):
+                    continue
+                entry = self.history.footprint(model, footprint_key(self.runtimes[model].model))
+                spec = self.scheduler.spec(model)
+                counted = spec.sleep_footprint if phase is Phase.SLEEPING else spec.footprint
+                models.append({"model": model, "phase": phase.value, "measured": entry.get(name), "counted": counted})
+            used = self.scheduler.used(name)
+            entry_out: dict[str, object] = {"device": name, "kind": info.kind, "capacity": info.capacity, "used": used}
+            if info.capacity is not None:
+                entry_out["free"] = info.capacity - used
+            if info.kind == "gpu" and self.memory.nvml is not None:
+                with contextlib.suppress(Exception):
+                    entry_out["free_nvml"] = self.memory.nvml.free(name)
+            entry_out["models"] = models
+            report.append(entry_out)
+        return report
+
+    # --- start and stop --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Adopt engines that already run (systemd units survive a router restart)."""
+        """Adopt engines that already run (systemd units survive a router restart), then preload."""
+        now = self.clock()
         for runtime in self.runtimes.values():
             if runtime.supervisor is None:
                 continue
-            if self.scheduler.resident(runtime.model.group) is None:
-                if await runtime.adopt():
-                    self.scheduler.adopt(runtime.model.id)
-            elif await runtime.supervisor.is_running():
-                log.info(
-                    "model %s is running beside resident %s in group %s: stopping it",
-                    runtime.model.id,
-                    self.scheduler.resident(runtime.model.group),
-                    runtime.model.group,
-                )
+            model = runtime.model.id
+            if not await runtime.supervisor.is_running():
+                continue
+            spec = self.scheduler.spec(model)
+            fits = all(
+                self.scheduler.used(d) + (spec.footprint or 1) <= (self.scheduler.devices.get(d) or 1)
+                for d in spec.devices
+            )
+            if fits and await runtime.adopt():
+                self.scheduler.adopt(model, now)
+            elif fits:
+                continue
+            else:
+                log.info("model %s is running but does not fit next to the adopted ones: stopping it", model)
                 await runtime.supervisor.stop()
+        for runtime in self.runtimes.values():
+            if runtime.supervisor is not None and (runtime.model.preload or runtime.model.pinned):
+                self._tasks.add(
+                    asyncio.create_task(self._preload(runtime.model.id), name=f"preload-{runtime.model.id}")
+                )
+        self._arm_timer()
+
+    async def _preload(self, model: str) -> None:
+        try:
+            await self.load(model)
+            log.info("preloaded %s", model)
+        except SwitchError as exc:
+            log.error("preloading %s failed: %s", model, exc)
 
     async def shutdown(self, stop_engines: bool) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -282,3 +460,13 @@ class Switcher:
                 await task
         if stop_engines:
             await asyncio.gather(*(rt.shutdown() for rt in self.runtimes.values()))
+
+
+def _reason_kind(reason: str) -> str:
+    if reason.startswith("making room"):
+        return "memory"
+    if reason.startswith("idle"):
+        return "ttl"
+    if "drain timeout" in reason:
+        return "drain_timeout"
+    return "request"

@@ -9,8 +9,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
+
+from .config import Backend, ModelConfig
+
+
+@dataclass(frozen=True)
+class ConnectionPolicy:
+    """How the proxy holds connections to one engine."""
+
+    keep_alive: bool
+
+
+def connection_policy(model: ModelConfig) -> ConnectionPolicy:
+    """llama-server serves each connection on one thread of a pool and keeps an idle keep-alive connection
+    for 5 s (cpp-httplib, vendored in llama.cpp b11312: `CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND 5`,
+    `ThreadPool::enqueue` spawns a thread only when none is idle at that instant). Idle pooled connections
+    therefore pin its threads, and a burst of new connections waits 5 s behind them: the stalls after every
+    switch (docs/benchmarks.md). No keep-alive to llama-server: each request is one connection, closed with
+    its answer. The Python engines (vLLM, SGLang, TabbyAPI: uvicorn/asyncio) keep connections alive."""
+    return ConnectionPolicy(keep_alive=model.backend is not Backend.LLAMACPP)
 
 
 class UpstreamError(Exception):
@@ -74,14 +94,16 @@ class Upstream:
     llama-server otherwise lingers about 100 ms on open connections when told to exit.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, policies: dict[str, ConnectionPolicy] | None = None) -> None:
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._policies = policies or {}
 
     def _client(self, engine: str) -> aiohttp.ClientSession:
         session = self._sessions.get(engine)
         if session is None or session.closed:
+            policy = self._policies.get(engine, ConnectionPolicy(keep_alive=True))
             session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
+                connector=aiohttp.TCPConnector(limit=0, force_close=not policy.keep_alive),
                 timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10),
                 auto_decompress=False,  # bytes pass through as the engine sent them
                 skip_auto_headers=("Accept-Encoding", "User-Agent"),

@@ -37,6 +37,9 @@ class EngineAdapter:
     """Defaults follow the OpenAI-compatible servers: `/health`, Bearer auth, a 1-token probe."""
 
     supports_sleep: ClassVar[bool] = False
+    # True where a 200 from the health endpoint already proves the model is loaded and answers, so the
+    # 1-token generation probe after it would only cost a generation per load.
+    health_means_loaded: ClassVar[bool] = False
 
     def __init__(self, model: ModelConfig, client: httpx.AsyncClient) -> None:
         self.model = model

@@ -28,3 +28,6 @@ class Supervisor(Protocol):
 
     async def recent_logs(self, lines: int = 20) -> list[str]:
         """The engine's last log lines, oldest first."""
+
+    async def pids(self) -> list[int]:
+        """The engine's main process id(s); memory is measured over them and their descendants."""

@@ -157,3 +157,6 @@ class ProcessSupervisor:
 
     async def recent_logs(self, lines: int = 20) -> list[str]:
         return list(self._logs)[-lines:]
+
+    async def pids(self) -> list[int]:
+        return [self._proc.pid] if self._proc is not None and self._proc.returncode is None else []

@@ -135,6 +135,11 @@ class SystemdSupervisor:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._poll_max_s)
 
+    async def pids(self) -> list[int]:
+        result = await self._query("show", self.unit, "--property=MainPID", "--value")
+        pid = result.stdout.strip()
+        return [int(pid)] if pid.isdigit() and int(pid) > 0 else []
+
     async def recent_logs(self, lines: int = 20) -> list[str]:
         result = await self._run(
             [*self._journalctl, "--unit", self.unit, "--lines", str(lines), "--no-pager", "--output", "cat"]

@@ -1,142 +1,318 @@
-"""The pure switching policy, event by event."""
+"""The pure scheduling policy, event by event, and its invariants as properties (hypothesis)."""
 
 from __future__ import annotations
 
-from router_app.scheduler import BeginSwitch, Drained, Fail, Grant, Scheduler
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from router_app.placement import Candidate, choose_victims
+from router_app.scheduler import CancelLoad, Evict, Fail, Grant, Load, ModelSpec, Phase, Scheduler
+
+G = 1024**3
 
 
-def make() -> Scheduler:
-    return Scheduler({"a": "gpu0", "b": "gpu0", "c": "gpu0", "x": "gpu1"})
+def slots(*names: str, fairness_s: float = 10.0) -> Scheduler:
+    """The old exclusive policy: one device of unknown capacity, one model at a time."""
+    return Scheduler({}, [ModelSpec(n, ("gpu0",)) for n in names], fairness_s=fairness_s)
 
 
-def test_first_request_starts_a_switch_and_joiners_share_it() -> None:
-    s = make()
-    assert s.request(1, "a") == [BeginSwitch("gpu0", "a", None, drain=False)]
-    assert s.request(2, "a") == []
-    assert s.switching("gpu0") == ("a", None)
-    assert s.switch_done("gpu0", ok=True) == [Grant(1, "a"), Grant(2, "a")]
-    assert s.resident("gpu0") == "a" and s.inflight("a") == 2
+def memory(capacity: int, sizes: dict[str, int], **kwargs) -> Scheduler:
+    specs = [ModelSpec(n, ("gpu0",), footprint=size) for n, size in sizes.items()]
+    return Scheduler({"gpu0": capacity}, specs, **kwargs)
 
 
-def test_resident_model_is_granted_at_once() -> None:
-    s = make()
-    s.request(1, "a")
-    s.switch_done("gpu0", ok=True)
-    assert s.request(2, "a") == [Grant(2, "a")]
+def test_first_request_loads_and_every_waiter_is_granted_at_once() -> None:
+    s = slots("a", "b")
+    assert s.request(1, "a", 0.0) == [Load("a")]
+    assert s.request(2, "a", 0.1) == []
+    assert s.load_done("a", True, "", 1.0) == [Grant(1, "a"), Grant(2, "a")]
+    assert s.request(3, "a", 1.1) == [Grant(3, "a")]
 
 
-def test_other_model_waits_for_inflight_requests_to_drain() -> None:
-    s = make()
-    s.request(1, "a")
-    s.switch_done("gpu0", ok=True)
-    assert s.request(2, "b") == [BeginSwitch("gpu0", "b", "a", drain=True)]
-    assert s.release(1) == [Drained("gpu0", "a")]
-    assert s.switch_done("gpu0", ok=True) == [Grant(2, "b")]
+def test_idle_resident_is_evicted_at_once_and_the_newcomer_loads_after() -> None:
+    s = slots("a", "b")
+    s.request(1, "a", 0)
+    s.load_done("a", True, "", 1)
+    s.release(1, 2)
+    assert s.request(2, "b", 3) == [Evict("a", "making room for b")]
+    assert s.phase("b") is Phase.PENDING
+    assert s.evict_done("a", False, 3.1) == [Load("b")]
+    assert s.load_done("b", True, "", 4) == [Grant(2, "b")]
 
 
-def test_requests_for_evicted_model_queue_behind_the_switch() -> None:
-    s = make()
-    s.request(1, "a")
-    s.switch_done("gpu0", ok=True)
-    s.request(2, "b")
-    assert s.request(3, "a") == [], "the resident being evicted takes no new requests"
-    s.release(1)
-    effects = s.switch_done("gpu0", ok=True)
-    assert effects == [Grant(2, "b"), BeginSwitch("gpu0", "a", "b", drain=True)]
+def test_busy_resident_keeps_serving_until_the_fairness_bound_then_drains() -> None:
+    s = slots("a", "b", fairness_s=5)
+    s.request(1, "a", 0)
+    s.load_done("a", True, "", 0)
+    assert s.request(2, "b", 1) == []  # a is busy: b waits
+    assert s.request(3, "a", 2) == [Grant(3, "a")]  # ...and a keeps serving new requests
+    assert s.waiting(2).blocked_by == ("a",)
+    assert s.next_deadline() == 6  # the oldest waiter arrived at 1
+    assert s.tick(6) == []  # bound reached: a drains (requests in flight finish first)
+    assert s.phase("a") is Phase.DRAINING
+    assert s.request(4, "a", 6.5) == []  # no new requests for a draining model
+    assert s.release(1, 7) == []
+    assert s.release(3, 8) == [Evict("a", "drained")]
+    assert s.evict_done("a", False, 8.1) == [Load("b")]
 
 
-def test_queue_is_fifo_and_batches_the_same_target() -> None:
-    s = make()
-    s.request(1, "a")
-    s.request(2, "b")
-    s.request(3, "c")
-    s.request(4, "b")
-    assert s.queued("gpu0") == [(2, "b"), (3, "c"), (4, "b")]
-    effects = s.switch_done("gpu0", ok=True)
-    assert effects == [Grant(1, "a"), BeginSwitch("gpu0", "b", "a", drain=True)]
-    assert s.waiting(4) is not None and s.waiting(4).joined_switch
-    assert s.waiting(3).queue_position == 1
-    s.release(1)
-    assert s.switch_done("gpu0", ok=True) == [Grant(2, "b"), Grant(4, "b"), BeginSwitch("gpu0", "c", "b", True)]
+def test_a_model_just_loaded_serves_for_the_fairness_bound_before_it_can_be_drained() -> None:
+    s = slots("a", "b", fairness_s=5)
+    s.request(1, "a", 0)
+    s.request(2, "b", 0.5)  # waits through a's whole load
+    s.load_done("a", True, "", 20)
+    assert s.waiting(2).blocked_by == ("a",)
+    assert s.next_deadline() == 25  # counted from when a became ready, not from 0.5
+    assert s.tick(24) == [] and s.phase("a") is Phase.READY
 
 
-def test_switch_completion_grants_queued_requests_for_the_new_resident() -> None:
-    s = make()
-    s.request(1, "a")
-    s.switch_done("gpu0", ok=True)
-    s.request(2, "b")  # switch a -> b, draining 1
-    s.request(3, "c")
-    s.request(4, "b")  # joins
-    s.release(1)
-    assert s.switch_done("gpu0", ok=True) == [Grant(2, "b"), Grant(4, "b"), BeginSwitch("gpu0", "c", "b", True)]
+def test_models_that_fit_together_stay_resident_together() -> None:
+    s = memory(10 * G, {"a": 4 * G, "b": 4 * G, "c": 4 * G})
+    for rid, model in enumerate(("a", "b"), start=1):
+        assert s.request(rid, model, rid) == [Load(model)]
+        s.load_done(model, True, "", rid)
+        s.release(rid, rid + 0.5)
+    for rid in range(10, 20):  # alternating between the two: no eviction
+        model = "ab"[rid % 2]
+        assert s.request(rid, model, rid) == [Grant(rid, model)]
+        s.release(rid, rid + 0.1)
+    effects = s.request(30, "c", 30)
+    assert effects == [Evict("a", "making room for c")]  # exactly one, the least recently used
 
 
-def test_failed_switch_fails_its_joiners_and_moves_on() -> None:
-    s = make()
-    s.request(1, "a")
-    s.request(2, "a")
-    s.request(3, "b")
-    effects = s.switch_done("gpu0", ok=False, reason="boom")
-    assert effects == [Fail(1, "a", "boom"), Fail(2, "a", "boom"), BeginSwitch("gpu0", "b", None, drain=False)]
-    assert s.inflight("a") == 0
+def test_victims_idle_before_busy_then_cheapest_reload_then_least_recently_used() -> None:
+    cands = [
+        Candidate("busy-cheap", {"g": 5}, busy=True, reload_cost_s=1, last_used=0),
+        Candidate("idle-costly", {"g": 5}, busy=False, reload_cost_s=60, last_used=0),
+        Candidate("idle-cheap-recent", {"g": 5}, busy=False, reload_cost_s=5, last_used=9),
+        Candidate("idle-cheap-old", {"g": 5}, busy=False, reload_cost_s=5, last_used=1),
+    ]
+    assert [c.model for c in choose_victims({"g": 5}, cands)] == ["idle-cheap-old"]
+    assert [c.model for c in choose_victims({"g": 12}, cands)] == [
+        "idle-cheap-old",
+        "idle-cheap-recent",
+        "idle-costly",
+    ]
+    assert choose_victims({"g": 25}, cands) is None
+    # A bigger victim that alone suffices makes a smaller one taken earlier unnecessary.
+    mixed = [Candidate("small", {"g": 2}, False, 1, 0), Candidate("big", {"g": 8}, False, 2, 0)]
+    assert [c.model for c in choose_victims({"g": 7}, mixed)] == ["big"]
 
 
-def test_groups_are_independent_and_remote_models_always_pass() -> None:
-    s = make()
-    assert s.request(1, "a") == [BeginSwitch("gpu0", "a", None, False)]
-    assert s.request(2, "x") == [BeginSwitch("gpu1", "x", None, False)]
-    assert s.request(3, "remote") == [Grant(3, "remote")]
-    assert s.release(3) == []
+def test_a_model_that_can_never_fit_fails_at_once_with_sizes() -> None:
+    s = memory(10 * G, {"huge": 12 * G, "a": 2 * G})
+    [fail] = s.request(1, "huge", 0)
+    assert isinstance(fail, Fail) and fail.code == "model_too_large"
+    assert "12.0 GiB" in fail.reason and "10.0 GiB" in fail.reason
 
 
-def test_cancel_removes_waiting_requests() -> None:
-    s = make()
-    s.request(1, "a")
-    s.request(2, "b")
-    s.cancel(1)
-    s.cancel(2)
-    assert s.switch_done("gpu0", ok=True) == []
-    assert s.resident("gpu0") == "a" and s.inflight("a") == 0
+def test_pinned_models_are_never_victims_and_count_against_never_fits() -> None:
+    specs = [
+        ModelSpec("pin", ("g",), footprint=6 * G, pinned=True),
+        ModelSpec("a", ("g",), footprint=3 * G),
+        ModelSpec("b", ("g",), footprint=5 * G),
+    ]
+    s = Scheduler({"g": 10 * G}, specs)
+    s.request(1, "pin", 0)
+    s.load_done("pin", True, "", 0)
+    s.release(1, 0)
+    [fail] = s.request(2, "b", 1)
+    assert isinstance(fail, Fail) and "pinned" in fail.reason
+    assert s.request(3, "a", 2) == [Load("a")]
 
 
-def test_cancel_of_granted_request_releases_it() -> None:
-    s = make()
-    s.request(1, "a")
-    s.switch_done("gpu0", ok=True)
-    s.request(2, "b")
-    assert s.cancel(1) == [Drained("gpu0", "a")]
+def test_idle_ttl_counts_from_the_end_of_the_last_request() -> None:
+    s = Scheduler({}, [ModelSpec("a", ("g",), ttl_s=30)])
+    s.request(1, "a", 0)
+    s.load_done("a", True, "", 1)
+    assert s.next_deadline() is None  # busy: no TTL running
+    s.release(1, 10)
+    assert s.next_deadline() == 40
+    assert s.tick(39) == []
+    [evict] = s.tick(40)
+    assert isinstance(evict, Evict) and "ttl" in evict.reason
 
 
-def test_drain_timeout_lets_switch_proceed() -> None:
-    s = make()
-    s.request(1, "a")
-    s.switch_done("gpu0", ok=True)
-    s.request(2, "b")
-    s.drain_timed_out("gpu0")
-    assert s.release(1) == [], "no Drained after the owner gave up waiting"
+def test_a_load_nobody_waits_for_is_cancelled_unless_the_model_finishes_abandoned_loads() -> None:
+    s = Scheduler({}, [ModelSpec("a", ("g",)), ModelSpec("b", ("h",), cancel_abandoned=False)])
+    s.request(1, "a", 0)
+    s.request(2, "a", 0)
+    assert s.cancel(1, 1) == []
+    assert s.cancel(2, 1) == [CancelLoad("a")]
+    assert s.load_done("a", False, "cancelled", 2) == []
+    assert s.phase("a") is Phase.STOPPED
+    s.request(3, "b", 0)
+    assert s.cancel(3, 1) == []
 
 
-def test_engine_lost_makes_next_request_reload() -> None:
-    s = make()
-    s.request(1, "a")
-    s.switch_done("gpu0", ok=True)
-    s.release(1)
-    s.engine_lost("a")
-    assert s.request(2, "a") == [BeginSwitch("gpu0", "a", None, False)]
+def test_failed_load_fails_only_its_waiters_and_the_device_stays_usable() -> None:
+    s = slots("a", "b")
+    s.request(1, "a", 0)
+    assert s.load_done("a", False, "boom", 1) == [Fail(1, "a", "boom")]
+    assert s.request(2, "b", 2) == [Load("b")]
 
 
-def test_unload_only_when_resident_and_idle_switching() -> None:
-    s = make()
-    assert s.unload("a") == []
-    s.request(1, "a")
-    s.switch_done("gpu0", ok=True)
-    assert s.unload("a") == [BeginSwitch("gpu0", None, "a", drain=True)]
-    s.release(1)
-    assert s.switch_done("gpu0", ok=True) == []
-    assert s.resident("gpu0") is None
+def test_sleeping_model_keeps_its_sleep_footprint() -> None:
+    specs = [ModelSpec("a", ("g",), 6 * G, sleep_footprint=1 * G, sleeps=True), ModelSpec("b", ("g",), 4 * G)]
+    s = Scheduler({"g": 10 * G}, specs)
+    s.request(1, "a", 0)
+    s.load_done("a", True, "", 0)
+    s.release(1, 0)
+    assert s.unload("a", 1) == [Evict("a", "unloaded on request")]
+    s.evict_done("a", True, 2)
+    assert s.phase("a") is Phase.SLEEPING and s.used("g") == 1 * G
+    assert s.request(2, "b", 3) == [Load("b")]  # 1 + 4 <= 10
 
 
-def test_adopt_sets_resident() -> None:
-    s = make()
-    s.adopt("b")
-    assert s.request(1, "b") == [Grant(1, "b")]
+def test_exclusive_group_allows_one_member_even_when_memory_would_hold_both() -> None:
+    specs = [ModelSpec("a", ("g",), G, group="x"), ModelSpec("b", ("g",), G, group="x"), ModelSpec("c", ("g",), G)]
+    s = Scheduler({"g": 10 * G}, specs)
+    s.request(1, "a", 0)
+    s.load_done("a", True, "", 0)
+    s.release(1, 0)
+    assert s.request(2, "c", 1) == [Load("c")]
+    assert s.request(3, "b", 1) == [Evict("a", "making room for b")]
+
+
+def test_remote_models_are_always_granted() -> None:
+    s = slots("a")
+    assert s.request(1, "remote", 0) == [Grant(1, "remote")]
+    assert s.release(1, 1) == []
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+MODELS = ("a", "b", "c", "d")
+SIZES = {"a": 3, "b": 4, "c": 5, "d": 8}
+CAPACITY = 10
+
+event = st.one_of(
+    st.tuples(st.just("request"), st.sampled_from(MODELS)),
+    st.tuples(st.just("release"), st.integers(0, 50)),
+    st.tuples(st.just("cancel"), st.integers(0, 50)),
+    st.tuples(st.just("finish"), st.integers(0, 10), st.booleans()),
+    st.tuples(st.just("time"), st.floats(0.01, 20)),
+)
+
+
+class Sim:
+    """Drives a scheduler like the switcher does, keeping the outside view (granted, failed, in flight)."""
+
+    def __init__(self, pinned: bool) -> None:
+        specs = [
+            ModelSpec(m, ("g",), SIZES[m], pinned=(pinned and m == "a"), ttl_s=30 if m == "b" else None) for m in MODELS
+        ]
+        self.s = Scheduler({"g": CAPACITY}, specs, fairness_s=5)
+        self.now = 0.0
+        self.next_id = 0
+        self.waiting: dict[int, str] = {}
+        self.granted: dict[int, str] = {}
+        self.done: set[int] = set()
+        self.loading: list[str] = []
+        self.evicting: list[str] = []
+
+    def apply(self, effects) -> None:
+        for effect in effects:
+            if isinstance(effect, Grant):
+                assert self.waiting.pop(effect.request_id, effect.model) == effect.model
+                self.granted[effect.request_id] = effect.model
+            elif isinstance(effect, Fail):
+                assert self.waiting.pop(effect.request_id) == effect.model
+                self.done.add(effect.request_id)
+            elif isinstance(effect, Load):
+                assert effect.model not in self.loading
+                self.loading.append(effect.model)
+            elif isinstance(effect, Evict):
+                assert self.s.inflight(effect.model) == 0, f"evicted {effect.model} with requests in flight"
+                self.evicting.append(effect.model)
+            elif isinstance(effect, CancelLoad):
+                assert effect.model in self.loading
+        self.check()
+
+    def check(self) -> None:
+        held = sum(self.s._held(state, "g") for state in self.s._models.values())
+        assert held <= CAPACITY, f"{held} > {CAPACITY}"
+        for state in self.s._models.values():
+            if state.phase is Phase.READY and state.waiters:
+                raise AssertionError(f"{state.spec.id} is ready with waiters")
+
+    def step(self, ev) -> None:
+        kind = ev[0]
+        if kind == "request":
+            self.next_id += 1
+            rid = self.next_id
+            self.waiting[rid] = ev[1]
+            self.apply(self.s.request(rid, ev[1], self.now))
+        elif kind in ("release", "cancel"):
+            ids = sorted(self.granted if kind == "release" else self.waiting)
+            if ids:
+                rid = ids[ev[1] % len(ids)]
+                (self.granted if kind == "release" else self.waiting).pop(rid)
+                self.done.add(rid)
+                self.apply(self.s.release(rid, self.now) if kind == "release" else self.s.cancel(rid, self.now))
+        elif kind == "finish":
+            pending = self.loading + self.evicting
+            if pending:
+                model = pending[ev[1] % len(pending)]
+                if model in self.loading:
+                    self.loading.remove(model)
+                    self.apply(self.s.load_done(model, ev[2] or model != "c", "failed", self.now))
+                else:
+                    self.evicting.remove(model)
+                    self.apply(self.s.evict_done(model, False, self.now))
+        else:
+            self.now += ev[1]
+            self.apply(self.s.tick(self.now))
+
+    def settle(self) -> None:
+        """Finish everything: loads and evictions complete, granted requests end, time passes."""
+        for _ in range(200):
+            if self.loading or self.evicting:
+                self.step(("finish", 0, True))
+            elif self.granted:
+                self.step(("release", 0))
+            elif self.waiting:
+                self.step(("time", 6.0))
+            else:
+                return
+        raise AssertionError(f"did not settle: waiting {self.waiting}, phases {self.phases()}")
+
+    def phases(self) -> dict[str, str]:
+        return {m: self.s.phase(m).value for m in MODELS}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(event, max_size=60), st.booleans())
+def test_capacity_is_never_exceeded_nothing_busy_is_evicted_and_every_request_ends(events, pinned) -> None:
+    sim = Sim(pinned)
+    for ev in events:
+        sim.step(ev)
+    sim.settle()
+    assert not sim.waiting and not sim.granted
+    assert sim.done == set(range(1, sim.next_id + 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(event, max_size=40))
+def test_after_the_fairness_bound_no_new_request_is_granted_to_a_blocking_model(events) -> None:
+    sim = Sim(pinned=False)
+    for ev in events:
+        sim.step(ev)
+    for state in list(sim.s._models.values()):
+        if not (state.blocked_by and state.waiters):
+            continue
+        blockers = state.blocked_by
+        oldest = min(state.waiters.values())
+        start = max([oldest] + [sim.s._models[b].ready_since for b in blockers])
+        sim.now = max(sim.now, start + sim.s.fairness_s)
+        sim.apply(sim.s.tick(sim.now))
+        for blocker in blockers:
+            if sim.s.phase(blocker) is Phase.READY and sim.s._models[state.spec.id].phase is Phase.STOPPED:
+                # still blocked: only possible if the blocker is no longer needed as a victim
+                continue
+            sim.next_id += 1
+            sim.waiting[sim.next_id] = blocker
+            effects = sim.s.request(sim.next_id, blocker, sim.now)
+            assert Grant(sim.next_id, blocker) not in effects or sim.s.phase(blocker) is Phase.READY
+            sim.apply(effects)
+        break

@@ -49,6 +49,9 @@ class MemorySupervisor:
     async def recent_logs(self, lines: int = 20) -> list[str]:
         return ["error: failed to load model"]
 
+    async def pids(self) -> list[int]:
+        return []
+
 
 class ReadyAdapter(EngineAdapter):
     def __init__(self, model: ModelConfig, supervisor: MemorySupervisor) -> None:
@@ -62,14 +65,14 @@ class ReadyAdapter(EngineAdapter):
         return Health.READY
 
 
-def build(journal: list[str], drain_timeout_s: float = 30, failing: str = "") -> Switcher:
-    settings = RouterSettings()
+def build(journal: list[str], drain_timeout_s: float = 30, failing: str = "", fairness_s: float = 10) -> Switcher:
+    settings = RouterSettings(drain_timeout_s=drain_timeout_s, fairness_s=fairness_s)
     runtimes = {}
     for name in ("a", "b"):
         model = ModelConfig(id=name, backend="llamacpp", port=1, command=["x"])
         supervisor = MemorySupervisor(name, journal, fail_start=name == failing)
         runtimes[name] = ModelRuntime(model, ReadyAdapter(model, supervisor), supervisor, settings)
-    return Switcher(runtimes, drain_timeout_s)
+    return Switcher(runtimes, settings)
 
 
 async def test_evicted_model_stops_before_target_starts() -> None:
@@ -79,13 +82,13 @@ async def test_evicted_model_stops_before_target_starts() -> None:
     first = switcher.ticket("b")
     await first.wait()
     assert journal == ["start a", "stop a", "start b"]
-    assert switcher.current() == {"default": "b"}
+    assert switcher.current() == {"default": ["b"]}
     first.release()
 
 
 async def test_drain_timeout_evicts_anyway() -> None:
     journal: list[str] = []
-    switcher = build(journal, drain_timeout_s=0.05)
+    switcher = build(journal, drain_timeout_s=0.05, fairness_s=0)
     busy = switcher.ticket("a")
     await busy.wait()  # never released: a stuck request
     other = switcher.ticket("b")
@@ -104,7 +107,7 @@ async def test_failed_load_reports_logs_and_router_recovers() -> None:
     assert "error: failed to load model" in str(err.value)
     assert switcher.runtimes["b"].state == "failed"
     await switcher.load("a")
-    assert switcher.current() == {"default": "a"}
+    assert switcher.current() == {"default": ["a"]}
 
 
 async def test_waiting_ticket_released_by_vanished_client() -> None:
@@ -126,3 +129,43 @@ async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+async def test_busy_model_keeps_serving_until_fairness_bound_then_switches() -> None:
+    journal: list[str] = []
+    switcher = build(journal, fairness_s=0.2)
+    holder = switcher.ticket("a")
+    await holder.wait()
+    waiting = switcher.ticket("b")
+    more = switcher.ticket("a")
+    assert more.granted.done(), "a keeps serving while b waits within the fairness bound"
+    more.release()
+    await asyncio.sleep(0)
+    assert not waiting.granted.done()
+    await asyncio.wait_for(_until(lambda: switcher.scheduler.phase("a") == "draining"), 10)
+    late = switcher.ticket("a")
+    assert not late.granted.done(), "a draining model takes no new requests"
+    holder.release()
+    await asyncio.wait_for(waiting.wait(), 10)
+    assert journal == ["start a", "stop a", "start b"]
+    waiting.release()
+    late.release()
+
+
+async def test_abandoned_load_is_cancelled_and_the_engine_stopped() -> None:
+    journal: list[str] = []
+    switcher = build(journal)
+    gate = asyncio.Event()
+    adapter = switcher.runtimes["a"].adapter
+
+    async def slow_health() -> Health:
+        await gate.wait()
+        return Health.READY
+
+    adapter.health = slow_health  # type: ignore[method-assign]
+    ticket = switcher.ticket("a")
+    await asyncio.wait_for(_until(lambda: journal == ["start a"]), 10)
+    ticket.release()  # the only client left
+    await asyncio.wait_for(_until(lambda: journal == ["start a", "stop a"]), 10)
+    await asyncio.wait_for(_until(lambda: switcher.scheduler.phase("a") == "stopped"), 10)
+    assert switcher.runtimes["a"].state == "stopped"

@@ -1,0 +1,94 @@
+"""What the router learned about each model, kept across restarts: load times and footprints.
+
+One JSON file in `router.state_dir` (`models.json`), rewritten atomically after each change.
+Footprints are keyed by what shapes them (`memory.footprint_key`), so a changed command or
+context length starts from a fresh estimate instead of a stale measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+KEEP_LOAD_TIMES = 7
+
+
+@dataclass
+class ModelHistory:
+    load_times: list[float] = field(default_factory=list)
+    footprint_key: str = ""
+    footprint: dict[str, int] = field(default_factory=dict)  # bytes per device, measured when ready
+    sleep_footprint: dict[str, int] = field(default_factory=dict)
+
+    def median_load_s(self) -> float | None:
+        return statistics.median(self.load_times) if self.load_times else None
+
+
+class History:
+    """Per-model history; persisted when `directory` is set."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.path = directory / "models.json" if directory else None
+        self.models: dict[str, ModelHistory] = {}
+        if self.path is not None and self.path.exists():
+            try:
+                data: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
+                for model_id, entry in data.get("models", {}).items():
+                    self.models[model_id] = ModelHistory(
+                        load_times=[float(t) for t in entry.get("load_times", [])][-KEEP_LOAD_TIMES:],
+                        footprint_key=str(entry.get("footprint_key", "")),
+                        footprint={str(k): int(v) for k, v in entry.get("footprint", {}).items()},
+                        sleep_footprint={str(k): int(v) for k, v in entry.get("sleep_footprint", {}).items()},
+                    )
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                log.warning("ignoring unreadable history %s: %s", self.path, exc)
+
+    def get(self, model_id: str) -> ModelHistory:
+        return self.models.setdefault(model_id, ModelHistory())
+
+    def record_load(self, model_id: str, seconds: float) -> None:
+        entry = self.get(model_id)
+        entry.load_times = [*entry.load_times, round(seconds, 3)][-KEEP_LOAD_TIMES:]
+        self.save()
+
+    def footprint(self, model_id: str, key: str) -> dict[str, int]:
+        entry = self.models.get(model_id)
+        return dict(entry.footprint) if entry and entry.footprint_key == key else {}
+
+    def record_footprint(self, model_id: str, key: str, usage: dict[str, int], asleep: bool = False) -> None:
+        entry = self.get(model_id)
+        if entry.footprint_key != key:
+            entry.footprint_key, entry.footprint, entry.sleep_footprint = key, {}, {}
+        (entry.sleep_footprint if asleep else entry.footprint).update(usage)
+        self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        data = {
+            "models": {
+                model_id: {
+                    "load_times": entry.load_times,
+                    "footprint_key": entry.footprint_key,
+                    "footprint": entry.footprint,
+                    "sleep_footprint": entry.sleep_footprint,
+                }
+                for model_id, entry in self.models.items()
+            }
+        }
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".models.", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, exc)

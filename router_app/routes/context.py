@@ -1,0 +1,38 @@
+"""What the routes read: the config, the runtimes, the switch owner and the metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Config, ModelConfig
+from ..metrics import RouterMetrics
+from ..runtime import ModelRuntime
+from ..switcher import Switcher
+
+
+@dataclass
+class RouterContext:
+    config: Config
+    runtimes: dict[str, ModelRuntime]
+    switcher: Switcher
+    metrics: RouterMetrics
+    started: float = field(default_factory=time.time)
+
+    def find(self, name: str) -> ModelConfig | None:
+        return self.config.find(name)
+
+    def model_health(self, model_id: str) -> dict[str, Any]:
+        runtime = self.runtimes[model_id]
+        data: dict[str, Any] = {
+            "id": model_id,
+            **runtime.info(),
+            "inflight": self.switcher.scheduler.inflight(model_id),
+        }
+        if self.switcher.scheduler.manages(model_id):
+            data["phase"] = self.switcher.scheduler.phase(model_id).value
+            estimate = self.switcher.load_estimate(model_id)
+            if estimate is not None:
+                data["median_load_s"] = round(estimate, 3)
+        return data

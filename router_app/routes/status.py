@@ -1,0 +1,68 @@
+"""Status for people and monitors: `/health`, `/health/all`, `/health/{model}`, `/running`, `/metrics`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.responses import JSONResponse, Response
+
+from .. import __version__
+from ..errors import json_error
+from ..metrics import CONTENT_TYPE_LATEST
+from ..runtime import ModelState
+from .context import RouterContext
+
+
+def status_routes(ctx: RouterContext) -> APIRouter:
+    router = APIRouter()
+    config, runtimes, switcher = ctx.config, ctx.runtimes, ctx.switcher
+
+    @router.get("/health")
+    async def health() -> dict[str, Any]:
+        backends: dict[str, dict[str, int]] = {}
+        for model in config.models:
+            states = backends.setdefault(model.backend.value, {})
+            state = runtimes[model.id].state.value
+            states[state] = states.get(state, 0) + 1
+        return {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.time() - ctx.started, 1),
+            "current": switcher.resident(),
+            "devices": switcher.current(),
+            "memory": switcher.memory_report(),
+            "switching": switcher.switching(),
+            "backends": backends,
+            "models": [ctx.model_health(m.id) for m in config.models],
+        }
+
+    @router.get("/health/all")
+    async def health_all() -> dict[str, Any]:
+        return {"models": {m.id: ctx.model_health(m.id) for m in config.models}}
+
+    @router.get("/health/{model_id:path}")
+    async def health_model(model_id: str) -> Response:
+        model = ctx.find(model_id)
+        if model is None:
+            return json_error(
+                404, f"The model '{model_id}' does not exist", "invalid_request_error", code="model_not_found"
+            )
+        return JSONResponse(ctx.model_health(model.id))
+
+    @router.get("/running")
+    async def running() -> dict[str, Any]:
+        return {
+            "running": [
+                ctx.model_health(m.id)
+                for m in config.models
+                if runtimes[m.id].supervisor is not None and runtimes[m.id].state is not ModelState.STOPPED
+            ]
+        }
+
+    @router.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
