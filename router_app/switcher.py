@@ -108,6 +108,8 @@ class Switcher:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closing = False
+        self._listeners: list[Callable[[str, str], None]] = []
+        self._statuses: dict[str, str] = {m: self.status(m) for m in runtimes}
 
     def _spec(self, runtime: ModelRuntime) -> ModelSpec:
         model = runtime.model
@@ -177,6 +179,39 @@ class Switcher:
                     log.info("load of %s cancelled: every waiting client left", effect.model)
                     task.cancel()
         self._arm_timer()
+        self._notify()
+
+    # --- status for clients (llama.cpp router-mode vocabulary) -----------------------------
+
+    def status(self, model: str) -> str:
+        """`loaded`, `loading`, `sleeping`, `unloaded` or `failed` (what Open-WebUI's llama.cpp provider reads)."""
+        runtime = self.runtimes[model]
+        if runtime.supervisor is None or not self.scheduler.manages(model):
+            return "loaded"
+        phase = self.scheduler.phase(model)
+        if phase in (Phase.READY, Phase.DRAINING, Phase.EVICTING):
+            return "loaded"
+        if phase in (Phase.LOADING, Phase.PENDING):
+            return "loading"
+        if phase is Phase.SLEEPING:
+            return "sleeping"
+        return "failed" if runtime.state is ModelState.FAILED else "unloaded"
+
+    def subscribe(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
+        """Call `listener(model, status)` on every status change; returns the unsubscribe function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _notify(self) -> None:
+        for model in self.runtimes:
+            status = self.status(model)
+            if self._statuses.get(model) != status:
+                self._statuses[model] = status
+                for listener in list(self._listeners):
+                    try:
+                        listener(model, status)
+                    except Exception:
+                        log.exception("status listener failed")
 
     def _spawn(self, coro: Awaitable[None], name: str, registry: dict[str, asyncio.Task[None]], model: str) -> None:
         task = asyncio.ensure_future(coro)
