@@ -122,6 +122,12 @@ class RouterSettings(Strict):
     idle_ttl_s: PositiveSeconds | None = None
     # Load times and learned footprints survive restarts here (null: kept in memory only).
     state_dir: Path | None = None
+    # Largest request body accepted (413 above it, before the rest is read); vision requests carry base64 images.
+    max_request_size: Annotated[int, BeforeValidator(parse_size), Field(ge=1024)] = 100 * 1024**2
+    # Who may call POST /models/load and /models/unload (llama.cpp router-mode API, Open-WebUI's load and
+    # eject buttons): `clients` = any client key (no more than a request for a model can do already; pinned
+    # models only with the admin key), `admin` = the admin key only, `none` = nobody (403).
+    model_control: Literal["admin", "clients", "none"] = "clients"
 
 
 DEFAULT_HEALTH_PATH = {
@@ -131,6 +137,10 @@ DEFAULT_HEALTH_PATH = {
     Backend.VLLM: "/health",
     Backend.OPENAI: "/models",
 }
+
+
+# Keys that carry the request itself: per-model defaults/overrides/strip may not touch them.
+RESERVED_REQUEST_KEYS = frozenset({"model", "stream", "messages", "prompt", "input", "system"})
 
 
 class ModelConfig(Strict):
@@ -171,6 +181,11 @@ class ModelConfig(Strict):
     # When every client waiting for a load left: cancel it, or finish it. Default: cancel for
     # engines that stop, finish for engines that sleep.
     on_abandon: Literal["cancel", "finish"] | None = None
+    # Request parameters for generation routes (chat, completions, responses, messages, infill), by top-level
+    # key: `defaults` are set when the client did not send the key, `overrides` always, `strip` keys are removed.
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    strip: list[str] = Field(default_factory=list)
 
     @field_validator("id", "aliases")
     @classmethod
@@ -179,6 +194,14 @@ class ModelConfig(Strict):
         for name in names:
             if not name.strip() or any(ch.isspace() for ch in name):
                 raise ValueError(f"model names may not contain whitespace: {name!r}")
+        return value
+
+    @field_validator("defaults", "overrides", "strip")
+    @classmethod
+    def _request_keys(cls, value: Any) -> Any:
+        for key in value:
+            if key in RESERVED_REQUEST_KEYS:
+                raise ValueError(f"{key!r} is the request itself, not a parameter; it cannot be set or removed here")
         return value
 
     @field_validator("health_path")
@@ -202,6 +225,9 @@ class ModelConfig(Strict):
             raise ValueError(f"'url' is only for backend 'openai'; {self.backend} uses host/port")
         if self.evict == "sleep" and self.backend is Backend.LLAMACPP:
             raise ValueError("llama.cpp has no sleep endpoint: use evict 'stop'")
+        clash = sorted((set(self.defaults) | set(self.overrides)) & set(self.strip))
+        if clash:
+            raise ValueError(f"keys both set and stripped: {', '.join(clash)}")
         if self.api_tokens_file is not None and self.backend is not Backend.TABBYAPI:
             raise ValueError("'api_tokens_file' is TabbyAPI's api_tokens.yml; other backends use 'api_key_file'")
         if self.backend is Backend.TABBYAPI and self.evict == "sleep" and not self.api_tokens_file:
