@@ -12,17 +12,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__
-from .config import Config, ConfigError, read_keys, read_secret
+from .config import Config, ConfigError, RouterSettings, read_keys, read_secret
 from .engines import adapter_for
-from .errors import json_error
+from .errors import is_anthropic_path, json_error
 from .history import History
 from .memory import MemoryModel, Nvml
 from .metrics import RouterMetrics
-from .proxy import CHAT, COMPLETIONS, EMBEDDINGS, Proxy
-from .routes import RouterContext, admin_routes, model_routes, status_routes
+from .proxy import ROUTES, Proxy
+from .routes import RouterContext, admin_routes, management_routes, model_routes, status_routes
 from .runtime import ModelRuntime
 from .supervisor import ProcessSupervisor, Supervisor, SystemdSupervisor, default_unit_name
 from .switcher import Switcher
@@ -63,18 +63,59 @@ class Keys:
         return self.admin is not None and presented is not None and secrets.compare_digest(presented, self.admin)
 
 
-PROXY_ROUTES = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS, "/v1/embeddings": EMBEDDINGS}
+class BodyTooLarge(Exception):
+    """The request body is larger than `router.max_request_size`."""
+
+
+class ClientLeft(Exception):
+    """The client disconnected while sending its body."""
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole body, counted as it arrives: stops reading (BodyTooLarge) once it passes `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientLeft()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the already-read body once, then the client's further messages (disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+MODEL_CONTROL = ("/models/load", "/models/unload")
 
 
 class EntryPoint:
-    """The ASGI app uvicorn runs: auth for every request, then the OpenAI proxy routes straight to the
-    proxy (the hot path skips FastAPI's routing and middleware layers: measured in bench/latency.py),
+    """The ASGI app uvicorn runs: the size limit and auth for every request, then the proxied routes straight to
+    the proxy (the hot path skips FastAPI's routing and middleware layers: measured in bench/latency.py),
     everything else to the FastAPI app. Pure ASGI, so streamed responses are never buffered."""
 
-    def __init__(self, app: FastAPI, proxy: Proxy, keys: Keys) -> None:
+    def __init__(self, app: FastAPI, proxy: Proxy, keys: Keys, settings: RouterSettings) -> None:
         self.app = app
         self.proxy = proxy
         self.keys = keys
+        self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,44 +123,100 @@ class EntryPoint:
             return
         request = Request(scope, receive, send)
         denial = self._check(request)
+        if denial is None:
+            denial = self._too_large(request)
         if denial is not None:
             await denial(scope, receive, send)
             return
-        endpoint = PROXY_ROUTES.get(scope["path"])
-        if endpoint is None:
+        path = scope["path"]
+        endpoint = ROUTES.get(path)
+        if scope["method"] not in ("POST", "PUT", "PATCH") and endpoint is None:
             await self.app(scope, receive, send)
             return
+        try:
+            body = await read_body(receive, self.settings.max_request_size)
+        except BodyTooLarge:
+            await self._size_error(path)(scope, receive, send)
+            return
+        except ClientLeft:
+            return
+        if endpoint is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
         if scope["method"] != "POST":
-            response = json_error(405, f"use POST for {scope['path']}", "invalid_request_error")
+            response = json_error(
+                405, f"use POST for {path}", "invalid_request_error", anthropic=is_anthropic_path(path)
+            )
         else:
             try:
-                response = await self.proxy.handle(request, endpoint)
-            except Exception as exc:  # a bug must still answer in OpenAI shape
+                response = await self.proxy.handle(request, endpoint, body)
+            except Exception as exc:  # a bug must still answer in the API's shape
                 log.exception("proxy failed")
-                response = json_error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+                response = json_error(
+                    500,
+                    f"internal error: {type(exc).__name__}: {exc}",
+                    "server_error",
+                    anthropic=is_anthropic_path(path),
+                )
         await response(scope, receive, send)
+
+    def _size_error(self, path: str) -> Response:
+        limit = self.settings.max_request_size
+        return json_error(
+            413,
+            f"request body larger than {limit} bytes (router.max_request_size)",
+            "invalid_request_error",
+            code="request_too_large",
+            anthropic=is_anthropic_path(path),
+        )
+
+    def _too_large(self, request: Request) -> Response | None:
+        """Refuse by Content-Length before reading anything."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.settings.max_request_size:
+            return self._size_error(request.scope["path"])
+        return None
 
     def _check(self, request: Request) -> Response | None:
         path = request.scope["path"]
+        anthropic = is_anthropic_path(path)
+        presented = _key_from(request)
         if path.startswith("/admin/"):
-            if self.keys.admin is None:
+            return self._need_admin(presented)
+        if path in MODEL_CONTROL and request.scope["method"] == "POST":
+            control = self.settings.model_control
+            if control == "none":
                 return json_error(
                     403,
-                    "admin API disabled: set router.admin_key_file in the config",
+                    "loading and unloading through /models is off: router.model_control is 'none'",
                     "permission_error",
-                    code="admin_disabled",
+                    code="model_control_disabled",
                 )
-            if not self.keys.admin_ok(_key_from(request)):
-                return json_error(
-                    401,
-                    "admin key required (Authorization: Bearer ADMIN_KEY)",
-                    "authentication_error",
-                    code="invalid_api_key",
-                )
-        elif path.startswith("/v1/") and not self.keys.client_ok(_key_from(request)):
+            if control == "admin":
+                return self._need_admin(presented)
+        needs_client = path.startswith("/v1/") or path in ROUTES or path == "/models" or path.startswith("/models/")
+        if needs_client and not self.keys.client_ok(presented):
             return json_error(
                 401,
                 "missing or invalid API key (Authorization: Bearer KEY)",
+                "authentication_error",
+                code="invalid_api_key",
+                anthropic=anthropic,
+            )
+        return None
+
+    def _need_admin(self, presented: str | None) -> Response | None:
+        if self.keys.admin is None:
+            return json_error(
+                403,
+                "admin API disabled: set router.admin_key_file in the config",
+                "permission_error",
+                code="admin_disabled",
+            )
+        if not self.keys.admin_ok(presented):
+            return json_error(
+                401,
+                "admin key required (Authorization: Bearer ADMIN_KEY)",
                 "authentication_error",
                 code="invalid_api_key",
             )
@@ -198,6 +295,14 @@ def create_app(config: Config) -> EntryPoint:
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return json_error(400, f"invalid request: {exc.errors()}", "invalid_request_error")
 
-    for router in (model_routes(context), status_routes(context), admin_routes(context)):
+    def is_admin(request: Request) -> bool:
+        return keys.admin_ok(_key_from(request))
+
+    for router in (
+        model_routes(context),
+        management_routes(context, is_admin),
+        status_routes(context),
+        admin_routes(context),
+    ):
         app.include_router(router)
-    return EntryPoint(app, proxy, keys)
+    return EntryPoint(app, proxy, keys, settings)

@@ -1,4 +1,5 @@
-"""`GET /v1/models` and `GET /v1/models/{id}`: answered at once from the config, with each model's state."""
+"""`GET /v1/models` and `GET /v1/models/{id}`: answered at once from the config, with each model's state and,
+as llama.cpp's router mode does, `status: {"value": ...}` (what Open-WebUI's llama.cpp provider reads)."""
 
 from __future__ import annotations
 
@@ -11,26 +12,64 @@ from ..errors import json_error
 from .context import RouterContext
 
 
+def model_status(ctx: RouterContext, model_id: str) -> dict[str, Any]:
+    """llama.cpp b11312 router mode's status object (tools/server/server-models.cpp:2034-2042).
+
+    A failed model is `unloaded` with `failed: true` and an exit code there (llama.cpp has no `failed` value;
+    Open-WebUI 0.12.4 counts only loaded/sleeping and loading/unloaded). `args` stays empty: engine command
+    lines may hold keys. While loading, `progress` has llama.cpp's stage shape plus elapsed and estimated seconds.
+    """
+    value = ctx.switcher.status(model_id)
+    status: dict[str, Any] = {"value": value, "args": []}
+    if value == "failed":
+        runtime = ctx.runtimes[model_id]
+        status.update(value="unloaded", failed=True, exit_code=1)
+        if runtime.last_error:
+            status["error"] = runtime.last_error
+    elif value == "loading":
+        status["progress"] = load_progress(ctx, model_id)
+    return status
+
+
+def load_progress(ctx: RouterContext, model_id: str) -> dict[str, Any]:
+    """llama.cpp's `{"stages", "current", "value"}` (server-context.cpp:975-979) with the router's timing."""
+    progress: dict[str, Any] = {"stages": ["text_model"], "current": "text_model"}
+    timing = ctx.switcher.switching().get(model_id, {})
+    elapsed, estimate = timing.get("elapsed_s"), timing.get("estimate_s")
+    fraction = ctx.runtimes[model_id].progress
+    if fraction is None and isinstance(elapsed, float) and isinstance(estimate, float) and estimate > 0:
+        fraction = min(elapsed / estimate, 0.99)  # from the median of past loads
+    if fraction is not None:
+        progress["value"] = round(fraction, 3)
+    if elapsed is not None:
+        progress["elapsed_s"] = elapsed
+    if estimate is not None:
+        progress["estimate_s"] = estimate
+    return progress
+
+
+def model_entry(ctx: RouterContext, model_id: str) -> dict[str, Any]:
+    model = next(m for m in ctx.config.models if m.id == model_id)
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": int(ctx.started),
+        "owned_by": "llm-router",
+        "backend": model.backend.value,
+        "state": ctx.runtimes[model.id].state.value,
+        "status": model_status(ctx, model.id),
+        "aliases": model.aliases,
+        **({"group": model.group} if model.group else {}),
+        **({"description": model.description} if model.description else {}),
+    }
+
+
 def model_routes(ctx: RouterContext) -> APIRouter:
     router = APIRouter()
 
-    def entry(model_id: str) -> dict[str, Any]:
-        model = next(m for m in ctx.config.models if m.id == model_id)
-        return {
-            "id": model.id,
-            "object": "model",
-            "created": int(ctx.started),
-            "owned_by": "llm-router",
-            "backend": model.backend.value,
-            "state": ctx.runtimes[model.id].state.value,
-            "aliases": model.aliases,
-            **({"group": model.group} if model.group else {}),
-            **({"description": model.description} if model.description else {}),
-        }
-
     @router.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [entry(m.id) for m in ctx.config.models]}
+        return {"object": "list", "data": [model_entry(ctx, m.id) for m in ctx.config.models]}
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> Response:
@@ -39,6 +78,6 @@ def model_routes(ctx: RouterContext) -> APIRouter:
             return json_error(
                 404, f"The model '{model_id}' does not exist", "invalid_request_error", code="model_not_found"
             )
-        return JSONResponse(entry(model.id))
+        return JSONResponse(model_entry(ctx, model.id))
 
     return router

@@ -1,0 +1,199 @@
+"""From request bytes to an `Exchange`: hostile-input checks, model lookup, per-model parameters.
+
+A request that needs no change (model named as the engine knows it, no parameters to apply) goes to the
+engine as the client's bytes, without a JSON round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import Response
+
+from .. import sse
+from ..config import Config, ModelConfig, StatusStyle
+from ..errors import json_error
+from .endpoints import Endpoint, Kind
+
+# Where an API names a parameter differently from chat completions.
+_RENAMED = {Kind.RESPONSES: {"max_tokens": "max_output_tokens"}}
+
+
+@dataclass
+class Exchange:
+    """One client request on its way through the router."""
+
+    endpoint: Endpoint
+    model: ModelConfig
+    requested_name: str
+    body: dict[str, Any]
+    content: bytes  # what the engine receives
+    stream: bool
+    client_wants_usage: bool
+    text_footer_allowed: bool
+    started: float = field(default_factory=time.monotonic)
+    completion_tokens: int | None = None
+    engine_tokens_per_second: float | None = None
+    finished: bool = False
+
+    @property
+    def chat(self) -> bool:
+        return self.endpoint.kind is Kind.CHAT
+
+    @property
+    def openai_stream(self) -> bool:
+        """Chat or legacy completions: the router's status lines, usage and speed report apply."""
+        return self.endpoint.kind in (Kind.CHAT, Kind.COMPLETIONS)
+
+    def model_field(self) -> bytes:
+        return b'"model":' + json.dumps(self.requested_name).encode()
+
+
+class BadRequest(ValueError):
+    """The body cannot be used; the message says why (answered 400)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRequest(f"number {text[:40]} is out of range")
+    return value
+
+
+def decode_json(raw: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, finite numbers, valid UTF-8, bounded nesting (all errors are BadRequest)."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except BadRequest:
+        raise
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"request body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    except ValueError as exc:  # JSONDecodeError, and int() beyond the digit limit
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def encode_json(body: Any) -> bytes:
+    try:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate escape: keep it escaped
+        return json.dumps(body, separators=(",", ":")).encode()
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+
+
+def apply_parameters(body: dict[str, Any], model: ModelConfig, kind: Kind) -> bool:
+    """The model's `defaults`, `overrides` and `strip`; returns whether the body changed."""
+    renamed = _RENAMED.get(kind, {})
+    changed = False
+    for key, value in model.defaults.items():
+        key = renamed.get(key, key)
+        if key not in body:
+            body[key] = value
+            changed = True
+    for key, value in model.overrides.items():
+        key = renamed.get(key, key)
+        if key not in body or body[key] != value:
+            body[key] = value
+            changed = True
+    for key in model.strip:
+        key = renamed.get(key, key)
+        if key in body:
+            del body[key]
+            changed = True
+    return changed
+
+
+def parse(raw: bytes, endpoint: Endpoint, config: Config) -> Exchange | Response:
+    """Validate the body, find the model, apply its parameters; an error response otherwise."""
+    anthropic = endpoint.anthropic
+    try:
+        if not raw.strip():
+            raise BadRequest("request body is empty: send a JSON object with 'model'")
+        body = decode_json(raw)
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+    except BadRequest as exc:
+        return json_error(400, str(exc), "invalid_request_error", anthropic=anthropic)
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        return json_error(
+            400,
+            "missing 'model': name one of GET /v1/models",
+            "invalid_request_error",
+            param="model",
+            anthropic=anthropic,
+        )
+    model = config.find(name)
+    if model is None:
+        return json_error(
+            404,
+            f"The model '{name}' does not exist; see GET /v1/models for the available ones",
+            "invalid_request_error",
+            code="model_not_found",
+            param="model",
+            anthropic=anthropic,
+        )
+    kind = endpoint.kind
+    stream = body.get("stream") is True and kind is not Kind.UNARY
+    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+    changed = False
+    if model.engine_name != name:
+        body["model"] = model.engine_name
+        changed = True
+    if endpoint.generates:
+        changed = apply_parameters(body, model, kind) or changed
+    for key, types in endpoint.required:
+        if not isinstance(body.get(key), types) or isinstance(body.get(key), bool):
+            return json_error(
+                400,
+                f"'{key}' is required ({_type_names(types)})",
+                "invalid_request_error",
+                param=key,
+                anthropic=anthropic,
+            )
+    if stream and kind in (Kind.CHAT, Kind.COMPLETIONS) and options.get("include_usage") is not True:
+        body["stream_options"] = {**options, "include_usage": True}  # for the speed report
+        changed = True
+    if config.router.status_style is StatusStyle.CONTENT and kind is Kind.CHAT:
+        changed = _strip_router_history(body) or changed
+    try:
+        content = encode_json(body) if changed else raw
+    except BadRequest as exc:
+        return json_error(400, str(exc), "invalid_request_error", anthropic=anthropic)
+    return Exchange(
+        endpoint=endpoint,
+        model=model,
+        requested_name=name,
+        body=body,
+        content=content,
+        stream=stream,
+        client_wants_usage=bool(options.get("include_usage")),
+        text_footer_allowed=not body.get("tools") and not body.get("response_format") and not body.get("functions"),
+    )
+
+
+def _type_names(types: type | tuple[type, ...]) -> str:
+    names = {"list": "an array", "str": "a string", "int": "an integer", "dict": "an object"}
+    items = types if isinstance(types, tuple) else (types,)
+    return " or ".join(names.get(t.__name__, t.__name__) for t in items)
+
+
+def _strip_router_history(body: dict[str, Any]) -> bool:
+    changed = False
+    for message in body.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") == "assistant" and isinstance(message.get("content"), str):
+            stripped = sse.strip_router_lines(message["content"])
+            if stripped != message["content"]:
+                message["content"] = stripped
+                changed = True
+    return changed

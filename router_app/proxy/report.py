@@ -1,0 +1,110 @@
+"""The speed report: usage read from the engine's answer, and the footer the router adds to it."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from .. import sse
+from ..config import RouterSettings, StatusStyle
+from .parse import Exchange
+from .progress import OpenAIShape, Shape
+
+USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+
+
+def take_usage(exchange: Exchange, data: dict[str, Any]) -> None:
+    """Generated tokens and the engine's own speed, from any API's usage object (chat, responses, messages)."""
+    if isinstance(data.get("response"), dict):  # Responses API stream events wrap the response
+        data = {**data["response"], **({"timings": data["timings"]} if "timings" in data else {})}
+    usage = data.get("usage") or {}
+    for key in ("completion_tokens", "output_tokens"):
+        if isinstance(usage.get(key), int):
+            exchange.completion_tokens = usage[key]
+    timings = data.get("timings") or {}
+    if isinstance(timings.get("predicted_per_second"), int | float):
+        exchange.engine_tokens_per_second = float(timings["predicted_per_second"])
+
+
+def speed_report(exchange: Exchange) -> str:
+    return sse.speed_report(
+        exchange.completion_tokens or 0, time.monotonic() - exchange.started, exchange.engine_tokens_per_second
+    )
+
+
+def stream_footer(settings: RouterSettings, exchange: Exchange, shape: Shape) -> bytes:
+    """The speed report at the end of a chat/completions stream (nothing for other APIs)."""
+    if not settings.metrics_footer or not exchange.completion_tokens or not isinstance(shape, OpenAIShape):
+        return b""
+    report = speed_report(exchange)
+    style = settings.status_style
+    if style is StatusStyle.OPENWEBUI:
+        return shape.factory.status(style, report, done=True)
+    if style is StatusStyle.CONTENT and exchange.text_footer_allowed:
+        return shape.factory.text("\n\n" + report)
+    return sse.comment(report)
+
+
+def unary_footer(settings: RouterSettings, exchange: Exchange, content: bytes) -> bytes:
+    """Usage taken from a finished answer; the speed report appended to its text in `content` style."""
+    if not exchange.endpoint.generates or not USAGE_OBJECT.search(content):
+        return content
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return content
+    if not isinstance(data, dict):
+        return content
+    take_usage(exchange, data)
+    if not (
+        exchange.openai_stream
+        and settings.metrics_footer
+        and settings.status_style is StatusStyle.CONTENT
+        and exchange.text_footer_allowed
+        and exchange.completion_tokens
+    ):
+        return content
+    report = speed_report(exchange)
+    for choice in data.get("choices") or []:
+        if exchange.chat and isinstance(choice.get("message", {}).get("content"), str):
+            choice["message"]["content"] += "\n\n" + report
+        elif not exchange.chat and isinstance(choice.get("text"), str):
+            choice["text"] += "\n\n" + report
+    return json.dumps(data, ensure_ascii=False).encode()
+
+
+def usage_block(exchange: Exchange, block: bytes) -> bytes:
+    """One chat/completions event, terminated; a usage event is recorded, and dropped or trimmed unless asked."""
+    if not block.startswith(b"data") or not USAGE_OBJECT.search(block):
+        return block + b"\n\n"
+    try:
+        data = json.loads(block[block.index(b":") + 1 :].strip())
+    except ValueError:
+        return block + b"\n\n"
+    if not isinstance(data, dict):
+        return block + b"\n\n"
+    take_usage(exchange, data)
+    if exchange.client_wants_usage:
+        return block + b"\n\n"
+    if not data.get("choices"):
+        return b""
+    data.pop("usage", None)
+    return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+def observe_usage(exchange: Exchange, batch: bytes) -> None:
+    """Read usage from other APIs' events (Responses, Anthropic) for the metrics, without changing them."""
+    for block in batch.split(b"\n\n"):
+        if not USAGE_OBJECT.search(block):
+            continue
+        start = block.find(b"data:")
+        if start < 0:
+            continue
+        try:
+            data = json.loads(block[start + 5 :].strip())
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            take_usage(exchange, data)
