@@ -46,7 +46,11 @@ class Endpoint:
     kind: Kind
     backends: frozenset[Backend]
     generates: bool = False  # per-model defaults/overrides/strip apply
-    required: tuple[tuple[str, type | tuple[type, ...]], ...] = ()  # checked here: engines answer 500 otherwise
+    # Checked here, because llama-server b11312 answers 500 to these mistakes: keys that must be present with a
+    # type, and keys that must have a type when present (measured: /v1/messages without messages, chat `tools`
+    # not an array, /detokenize `tokens` not an array).
+    required: tuple[tuple[str, type | tuple[type, ...]], ...] = ()
+    typed: tuple[tuple[str, type | tuple[type, ...]], ...] = ()
 
     @property
     def anthropic(self) -> bool:
@@ -59,7 +63,13 @@ class Endpoint:
 
 
 CHAT = Endpoint(
-    "chat/completions", "/v1/chat/completions", Kind.CHAT, _ALL, generates=True, required=(("messages", list),)
+    "chat/completions",
+    "/v1/chat/completions",
+    Kind.CHAT,
+    _ALL,
+    generates=True,
+    required=(("messages", list),),
+    typed=(("tools", list),),
 )
 COMPLETIONS = Endpoint("completions", "/v1/completions", Kind.COMPLETIONS, _ALL, generates=True)
 EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", Kind.UNARY, _ALL, required=(("input", (str, list)),))
@@ -71,13 +81,14 @@ MESSAGES = Endpoint(
     _ANTHROPIC,
     generates=True,
     required=(("messages", list), ("max_tokens", int)),
+    typed=(("tools", list),),
 )
 COUNT_TOKENS = Endpoint(
     "messages/count_tokens", "/v1/messages/count_tokens", Kind.UNARY, _ANTHROPIC, required=(("messages", list),)
 )
 RERANK = Endpoint("rerank", "/v1/rerank", Kind.UNARY, _TOKENIZERS)
 TOKENIZE = Endpoint("tokenize", "/tokenize", Kind.UNARY, _TOKENIZERS)
-DETOKENIZE = Endpoint("detokenize", "/detokenize", Kind.UNARY, _TOKENIZERS)
+DETOKENIZE = Endpoint("detokenize", "/detokenize", Kind.UNARY, _TOKENIZERS, required=(("tokens", list),))
 INFILL = Endpoint("infill", "/infill", Kind.RAW, frozenset({Backend.LLAMACPP}), generates=True)
 
 # Router path -> endpoint. Root-level aliases are the ones the engines themselves serve.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from ..config import Config, ModelConfig, StatusStyle
 from ..errors import json_error
 from .endpoints import Endpoint, Kind
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # Where an API names a parameter differently from chat completions.
 _RENAMED = {Kind.RESPONSES: {"max_tokens": "max_output_tokens"}}
 
@@ -152,15 +154,11 @@ def parse(raw: bytes, endpoint: Endpoint, config: Config) -> Exchange | Response
         changed = True
     if endpoint.generates:
         changed = apply_parameters(body, model, kind) or changed
-    for key, types in endpoint.required:
-        if not isinstance(body.get(key), types) or isinstance(body.get(key), bool):
-            return json_error(
-                400,
-                f"'{key}' is required ({_type_names(types)})",
-                "invalid_request_error",
-                param=key,
-                anthropic=anthropic,
-            )
+    problem = _shape_problem(body, endpoint)
+    if problem is None and _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(body):
+        problem = "request body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff): not valid Unicode text"
+    if problem is not None:
+        return json_error(400, problem, "invalid_request_error", anthropic=anthropic)
     if stream and kind in (Kind.CHAT, Kind.COMPLETIONS) and options.get("include_usage") is not True:
         body["stream_options"] = {**options, "include_usage": True}  # for the speed report
         changed = True
@@ -180,6 +178,34 @@ def parse(raw: bytes, endpoint: Endpoint, config: Config) -> Exchange | Response
         client_wants_usage=bool(options.get("include_usage")),
         text_footer_allowed=not body.get("tools") and not body.get("response_format") and not body.get("functions"),
     )
+
+
+def _shape_problem(body: dict[str, Any], endpoint: Endpoint) -> str | None:
+    for key, types in endpoint.required:
+        if not isinstance(body.get(key), types) or isinstance(body.get(key), bool):
+            return f"'{key}' is required ({_type_names(types)})"
+    for key, types in endpoint.typed:
+        if key in body and body[key] is not None and not isinstance(body[key], types):
+            return f"'{key}' must be {_type_names(types)}"
+    return None
+
+
+def _has_lone_surrogate(body: Any) -> bool:
+    """Whether any string holds an unpaired surrogate (json.loads joins the valid pairs); engines reject them."""
+    stack = [body]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _type_names(types: type | tuple[type, ...]) -> str:

@@ -1,0 +1,161 @@
+"""Hostile and oversized input: 413 before the body is read, 400 for bad JSON, never a 5xx (real llama-server)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import llama_model
+
+pytestmark = pytest.mark.llama
+
+MIB = 1024 * 1024
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak) of a process, in KiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+def send_big_body(port: int, path: str, size: int, chunked: bool) -> tuple[int, int]:
+    """Stream `size` bytes of body (Content-Length or chunked) until the router answers; (status, bytes sent)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    framing = b"Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {size}\r\n".encode()
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n".encode() + framing + b"\r\n"
+    )
+    answer = bytearray()
+
+    def read() -> None:
+        while b"\r\n\r\n" not in answer:
+            try:
+                more = sock.recv(65536)
+            except OSError:
+                return
+            if not more:
+                return
+            answer.extend(more)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    piece = b'{"model":"tiny-a","messages":[{"role":"user","content":"' + b"x" * (MIB - 60)
+    sent = 0
+    try:
+        while sent < size and reader.is_alive():
+            sock.sendall((f"{len(piece):x}\r\n".encode() + piece + b"\r\n") if chunked else piece)
+            sent += len(piece)
+    except OSError:  # the router closed the connection after answering
+        pass
+    reader.join(30)
+    sock.close()
+    return int(bytes(answer).split(b" ", 2)[1]), sent
+
+
+@pytest.fixture
+def router(start_router, llama_server_bin: Path, models_dir: Path):
+    return start_router([llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "tiny-a")])
+
+
+def test_300_mib_body_gets_413_without_reading_it(router) -> None:
+    pid = router.proc.pid
+    before = memory_kib(pid)
+    status, sent = send_big_body(router.port, "/v1/chat/completions", 300 * MIB, chunked=False)
+    assert status == 413
+    after = memory_kib(pid)
+    assert after["VmHWM"] - before["VmHWM"] < 32 * 1024, (before, after, sent)
+
+    # Without Content-Length (chunked) the router counts while reading and stops at the limit (100 MiB).
+    status, sent = send_big_body(router.port, "/v1/messages", 300 * MIB, chunked=True)
+    assert status == 413 and sent < 300 * MIB
+    peak = memory_kib(pid)["VmHWM"] - before["VmHWM"]
+    assert peak < 200 * 1024, f"peak RSS grew {peak} KiB for a 300 MiB body"
+    assert router.health()["status"] == "ok"
+
+
+def test_small_limit_is_configurable(start_router, llama_server_bin: Path, models_dir: Path) -> None:
+    router = start_router(
+        [llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "tiny-a")], max_request_size="64KiB"
+    )
+    big = {"model": "tiny-a", "messages": [{"role": "user", "content": "x" * 70_000}]}
+    answer = httpx.post(router.url + "/v1/chat/completions", json=big)
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "request_too_large"
+    anthropic = httpx.post(router.url + "/v1/messages", json={**big, "max_tokens": 1})
+    assert anthropic.status_code == 413 and anthropic.json()["error"]["type"] == "request_too_large"
+    small = httpx.post(router.url + "/models/load", json={"model": "x" * 70_000})
+    assert small.status_code == 413
+
+
+def nested(depth: int) -> bytes:
+    return b'{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"max_tokens":1,"x":' + (
+        b"[" * depth + b"]" * depth + b"}"
+    )
+
+
+CHAT_OK = b'{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"max_tokens":1'
+BAD_INPUTS = [
+    ("/v1/chat/completions", b"{not json"),
+    ("/v1/chat/completions", b""),
+    ("/v1/chat/completions", b"[]"),
+    ("/v1/chat/completions", b"null"),
+    ("/v1/chat/completions", b'"just a string"'),
+    ("/v1/chat/completions", b'{"model":5,"messages":[]}'),
+    ("/v1/chat/completions", b'{"messages":[]}'),
+    ("/v1/chat/completions", b'{"model":"nope","messages":[]}'),
+    ("/v1/chat/completions", b'{"model":"tiny-a"}'),
+    ("/v1/chat/completions", b'{"model":"tiny-a","messages":"hi"}'),
+    ("/v1/chat/completions", CHAT_OK + b',"tools":"x"}'),
+    ("/v1/chat/completions", CHAT_OK + b',"temperature":NaN}'),
+    ("/v1/chat/completions", CHAT_OK + b',"temperature":Infinity}'),
+    ("/v1/chat/completions", CHAT_OK + b',"temperature":-Infinity}'),
+    ("/v1/chat/completions", CHAT_OK + b',"temperature":1e999}'),
+    ("/v1/chat/completions", CHAT_OK + b',"seed":' + b"9" * 100_000 + b"}"),
+    ("/v1/chat/completions", CHAT_OK + b',"max_tokens":-5}'),
+    ("/v1/chat/completions", CHAT_OK + b',"stream":"yes"}'),
+    ("/v1/chat/completions", b'{"model":"tiny-a","messages":[{"role":"user","content":"\xff\xfe"}]}'),
+    ("/v1/chat/completions", b'{"model":"tiny-a","messages":[{"role":"user","content":"\\ud800"}],"max_tokens":1}'),
+    ("/v1/chat/completions", b'{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]' + b" " * 10),
+    ("/v1/chat/completions", nested(100_000)),
+    ("/v1/chat/completions", b"[" * 100_000),
+    ("/v1/chat/completions", b'{"a":' * 50_000),
+    ("/v1/completions", b'{"model":"tiny-a"}'),
+    ("/v1/embeddings", b'{"model":"tiny-a"}'),
+    ("/v1/responses", b'{"model":"tiny-a"}'),
+    ("/v1/responses", b'{"model":"tiny-a","input":5}'),
+    ("/v1/messages", b'{"model":"tiny-a","messages":[]}'),
+    ("/v1/messages", b'{"model":"tiny-a","max_tokens":1}'),
+    ("/v1/messages", b'{"model":"tiny-a","max_tokens":1,"messages":[1]}'),
+    ("/v1/messages", nested(100_000)),
+    ("/detokenize", b'{"model":"tiny-a","tokens":"x"}'),
+    ("/tokenize", b"{"),
+    ("/models/load", b"{not json"),
+    ("/models/load", b"[" * 100_000),
+    ("/models/unload", b'{"model":["x"]}'),
+]
+
+
+def test_bad_inputs_get_4xx(router) -> None:
+    """Every row answers 4xx; llama-server itself answers 500 to some of them (tools "x", lone surrogates,
+    /v1/messages without messages, detokenize of a string), so the router checks those first."""
+    deep = httpx.post(router.url + "/v1/chat/completions", content=nested(100_000), timeout=60)
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
+    failures = []
+    for path, body in BAD_INPUTS:
+        answer = httpx.post(router.url + path, content=body, headers={"Content-Type": "application/json"}, timeout=60)
+        if not 400 <= answer.status_code < 500:
+            failures.append((path, body[:80], answer.status_code, answer.text[:200]))
+        elif path.startswith("/v1/messages"):
+            assert answer.json()["type"] == "error", (path, body[:80])
+        else:
+            assert "error" in answer.json(), (path, body[:80])
+    assert not failures, failures
+    assert httpx.get(router.url + "/v1/chat/completions").status_code == 405
+    assert router.health()["status"] == "ok"
