@@ -60,8 +60,15 @@ unit: $(STAMP)
 integration: $(STAMP) llama-server
 	LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" $(BIN)/python -m pytest tests/integration -q
 
+# Every engine install lane (roles/llm_router/vars/main.yml) resolves with pip against PyPI, metadata only,
+# and links the CUDA major it claims. Reports are cached in ~/.cache/llm-router/pip-check.
+.PHONY: check-engines
+check-engines: $(STAMP)
+	$(BIN)/python scripts/check_engines.py
+
 test: lint llama-server
 	LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" $(BIN)/python -m pytest -q -ra
+	$(MAKE) check-engines
 	$(MAKE) molecule
 
 # Benchmarks (not part of `make test`): writes docs/benchmarks.md.
