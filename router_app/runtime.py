@@ -90,7 +90,6 @@ class ModelRuntime:
         self.since = time.time()
         self.port: int | None = model.port
         self.load_seconds: float | None = None
-        self.progress: float | None = None  # engine-reported load progress (0..1) where an engine gives one
         self._watch: asyncio.Task[None] | None = None
         self._metrics = metrics
         # Wake integrity: the probe's answer at the last cold load (None = unknown), restarts it caused.
@@ -326,6 +325,11 @@ class ModelRuntime:
     async def _cleanup_after_failure(self) -> None:
         with contextlib.suppress(Exception):
             await self._stop_supervisor()
+
+    @property
+    def progress(self) -> float | None:
+        """Engine-reported load progress (0..1) while starting, where the engine gives one."""
+        return self.adapter.load_progress() if self.state is ModelState.STARTING else None
 
     def mark_stopped(self) -> None:
         """After a cancelled load (its cleanup already stopped the engine): stopped, not failed."""

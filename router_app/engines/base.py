@@ -119,6 +119,10 @@ class EngineAdapter:
             raise EngineError(f"fingerprint probe answer text is not a string: {text!r}")
         return text
 
+    def load_progress(self) -> float | None:
+        """How far the engine says its load is (0..1), where it says so."""
+        return None
+
     async def sleep(self) -> None:
         """Release GPU memory but keep the process (only where `supports_sleep`)."""
         raise EngineError(f"{self.model.backend} cannot sleep")

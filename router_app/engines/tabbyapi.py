@@ -126,6 +126,9 @@ class TabbyAPIAdapter(EngineAdapter):
             raise EngineError(f"TabbyAPI refused the api key ({response.status_code}): check api_tokens_file")
         return Health.NOT_YET
 
+    def load_progress(self) -> float | None:
+        return self.loading.fraction if self.loading is not None and not self.loading.finished else None
+
     async def sleep(self) -> None:
         """`POST /v1/model/unload` (admin); its 503 means no model is loaded, which is what sleep wants."""
         response = await self.client.post(
