@@ -280,3 +280,41 @@ def test_per_model_defaults_overrides_strip(start_router, llama_server_bin, mode
     assert kept.status_code == 400 and "temperature" in kept.json()["error"]["message"]
     forced = client.chat.completions.create(model="tiny-b", messages=hello, max_tokens=6)
     assert forced.usage.completion_tokens == 2
+
+
+def test_sleeping_status_progress_and_unsupported_backend(start_router) -> None:
+    """Protocol fakes of GPU engines (tests/fakes/fake_engine.py): SGLang sleeps (evict: sleep), TabbyAPI lacks
+    the Anthropic route."""
+    from tests.conftest import fake_model
+
+    router = start_router(
+        [
+            fake_model("sglang", "s1", "--load-seconds", "1.5", evict="sleep"),
+            fake_model("sglang", "s2", "--load-seconds", "0.2", evict="sleep"),
+            fake_model("tabbyapi", "t1"),
+        ]
+    )
+    url = router.url
+    sse = SseListener(url, "unused")
+    assert httpx.post(url + "/models/load", json={"model": "s1"}).json() == {"success": True}
+    loading = statuses(url)["s1"]
+    assert loading["value"] == "loading" and loading["progress"]["stages"] == ["text_model"]
+    wait_until(lambda: statuses(url)["s1"]["value"] == "loaded", "s1 loaded")
+    chat = {"model": "s2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert httpx.post(url + "/v1/chat/completions", json=chat, timeout=60).status_code == 200
+    now = statuses(url)
+    assert now["s1"]["value"] == "sleeping" and now["s2"]["value"] == "loaded"
+    # Sleeping counts as running, as in llama.cpp (server-models.h is_running): unload frees it.
+    assert httpx.post(url + "/models/load", json={"model": "s1"}).status_code == 400
+    assert httpx.post(url + "/models/unload", json={"model": "s1"}, timeout=30).json() == {"success": True}
+    assert statuses(url)["s1"]["value"] == "unloaded"
+    wait_until(lambda: sse.seen("s1", "status_change", "sleeping"), "SSE sleeping event")
+    sse.stop()
+    progress = [e for e in sse.events if e["model"] == "s1" and "progress" in e["data"]]
+    assert progress and progress[0]["data"]["status"] == "loading"
+
+    messages = httpx.post(url + "/v1/messages", json={"model": "t1", "max_tokens": 2, "messages": []})
+    assert messages.status_code == 501
+    assert (
+        messages.json()["error"]["type"] == "api_error" and "backend 'tabbyapi'" in messages.json()["error"]["message"]
+    )
