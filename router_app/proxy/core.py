@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -222,8 +223,6 @@ class Proxy:
 
 
 def _error_message(body: bytes, status: int) -> str:
-    import json
-
     try:
         data = json.loads(body)
         error = data.get("error")
