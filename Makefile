@@ -75,5 +75,11 @@ test: lint llama-server
 bench: $(STAMP) llama-server
 	LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" $(BIN)/python bench/run_all.py
 
+# Real NVIDIA GPU host only, not part of `make test`: converges the role on this machine (root or sudo)
+# with one small model per engine and drives them through the router. See docs/provisioning.md.
+.PHONY: gpu-smoke
+gpu-smoke: $(STAMP)
+	$(BIN)/python scripts/gpu_smoke.py $(SMOKE_ARGS)
+
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

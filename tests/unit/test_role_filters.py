@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import json
+import shlex
+import sys
 from pathlib import Path
 
+import jinja2
 import pytest
+import yaml
 
 from router_app.config import parse_config
 
@@ -143,3 +149,345 @@ def test_rendered_router_config_is_valid_for_the_router() -> None:
         "/usr/bin/systemctl start llm-model@t.service",
         "/usr/bin/systemctl stop llm-model@t.service",
     ]
+
+
+# --- Engine command lines, env and configs against the engines' sources (engine-audit.md) ---------------------
+
+
+def test_sglang_sleep_keeps_weights_in_cpu_backup() -> None:
+    """Flag in every SGLang lane: sglang 0.5.10.post1 wheel sglang/srt/server_args.py:5561-5566 (cu12 lane);
+    0.5.23 sglang/srt/arg_groups/fields/exec_.py:58-65, named by arg_groups/arg_utils.py:290 ("--" + name with
+    "-") (cu13 lane). Without the backup the weights region is discarded on release (0.5.19
+    model_runner_components/load_model_utils.py:268-287)."""
+    sleep, stop = normalize(
+        [
+            {"id": "s", "backend": "sglang", "model": "/m/s", "evict": "sleep"},
+            {"id": "t", "backend": "sglang", "model": "/m/t"},
+        ]
+    )
+    assert sleep["argv"][-2:] == ["--enable-memory-saver", "--enable-weights-cpu-backup"]
+    assert "--enable-weights-cpu-backup" not in stop["argv"] and "--enable-memory-saver" not in stop["argv"]
+
+
+def test_vllm_leaves_room_for_sleeping_neighbours() -> None:
+    """vllm 0.33.0 vllm/v1/worker/utils.py:716-766: start fails when free memory < total x gpu_memory_utilization
+    (default 0.9); a sleeping SGLang/vLLM on the same GPUs keeps its context and graphs (engine-audit.md #9)."""
+    sleeper = {"id": "s", "backend": "sglang", "model": "/m/s", "evict": "sleep", "gpus": "0,1"}
+    shared, apart, explicit = normalize(
+        [
+            sleeper,
+            {"id": "v", "backend": "vllm", "model": "/m/v", "gpus": "1"},
+            {"id": "w", "backend": "vllm", "model": "/m/w", "gpus": "2"},
+            {"id": "x", "backend": "vllm", "model": "/m/x", "mem_fraction": 0.85},
+        ]
+    )[1:]
+    assert "--gpu-memory-utilization 0.8" in " ".join(shared["argv"])
+    assert "--gpu-memory-utilization" not in apart["argv"]  # own GPU: vLLM's default
+    assert "--gpu-memory-utilization 0.85" in " ".join(explicit["argv"])
+    (alone,) = normalize([{"id": "v", "backend": "vllm", "model": "/m/v"}])
+    assert "--gpu-memory-utilization" not in alone["argv"]
+
+
+def test_gpu_engines_get_cuda_home_and_path() -> None:
+    """Triton/FlashInfer JIT look up CUDA_HOME and nvcc on PATH (engines-and-ansible.md §3: "Unset CUDA_HOME ->
+    export /usr/local/cuda-<ver>"); systemd's EnvironmentFile does not expand $PATH, so PATH is written out."""
+    models = filters.normalize_models(
+        [
+            {"id": "s", "backend": "sglang", "model": "/m/s"},
+            {"id": "v", "backend": "vllm", "model": "/m/v"},
+            {"id": "t", "backend": "tabbyapi", "model": "/m/t"},
+            {"id": "g", "backend": "llamacpp", "model": "/m/g.gguf"},
+        ],
+        8100,
+        PATHS,
+        ["90"],
+        "cuda",
+        cuda_home="/usr/local/cuda-12.8",
+    )
+    for model in models[:3]:
+        assert model["env"]["CUDA_HOME"] == "/usr/local/cuda-12.8"
+        assert model["env"]["PATH"].startswith("/usr/local/cuda-12.8/bin:/usr/local/sbin:")
+    assert "CUDA_HOME" not in models[3]["env"]
+    (no_toolkit,) = normalize([{"id": "s", "backend": "sglang", "model": "/m/s"}])
+    assert "CUDA_HOME" not in no_toolkit["env"]
+
+
+ROLE = ROOT / "roles/llm_router"
+
+
+def render(template: str, **variables) -> str:
+    """Render a role template with stand-ins for the Ansible filters it uses."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLE / "templates"), keep_trailing_newline=True)
+    env.filters.update(
+        comment=lambda text, decoration="# ": decoration + text,
+        to_json=json.dumps,
+        quote=shlex.quote,
+        basename=lambda p: Path(p).name,
+        dirname=lambda p: str(Path(p).parent),
+    )
+    env.tests["match"] = lambda value, pattern: __import__("re").match(pattern, str(value)) is not None
+    return env.get_template(template).render(ansible_managed="managed", **variables)
+
+
+def test_tabbyapi_config_restores_the_configured_load_on_wake() -> None:
+    """tabbyAPI@e632af4 common/tabby_config.py:49-56 copies each model.use_as_default key from config.yml into the
+    defaults that common/model.py:79-136 (apply_load_defaults) merges under an API /v1/model/load; the keys
+    exist in common/config_models.py:187-249 (max_seq_len, cache_size, cache_mode, tensor_parallel,
+    gpu_split_auto, gpu_split)."""
+    (model,) = normalize(
+        [
+            {
+                "id": "q",
+                "backend": "tabbyapi",
+                "model": "/srv/m/Qwen3-32B-exl3",
+                "context_length": 32768,
+                "cache_mode": "Q8",
+                "cache_size": 65536,
+                "gpu_split": [20, 24],
+                "tensor_parallel": 2,
+            }
+        ]
+    )
+    config = yaml.safe_load(render("tabbyapi-config.yml.j2", item=model))
+    assert config["model"]["use_as_default"] == [
+        "max_seq_len",
+        "cache_size",
+        "cache_mode",
+        "gpu_split_auto",
+        "gpu_split",
+        "tensor_parallel",
+    ]
+    assert config["model"] | {"use_as_default": None} == {
+        "model_dir": "/srv/m",
+        "model_name": "Qwen3-32B-exl3",
+        "inline_model_loading": False,
+        "use_as_default": None,
+        "max_seq_len": 32768,
+        "cache_size": 65536,
+        "tensor_parallel": True,
+        "gpu_split_auto": False,
+        "gpu_split": [20, 24],
+        "cache_mode": "Q8",
+    }
+    assert config["network"] == {"host": "127.0.0.1", "port": 8100, "disable_auth": False, "api_servers": ["OAI"]}
+
+
+def test_model_unit_lets_tabbyapi_write_its_logs() -> None:
+    """tabbyAPI@e632af4 common/logger.py:122-128 (and @79126f9 the same) adds the loguru sink "logs/{time}.log"
+    relative to the working directory, which loguru creates at add() time; the checkout is read-only under
+    ProtectSystem=strict unless listed in ReadWritePaths (engine-audit.md #1)."""
+    paths = {"tabbyapi_dir": PATHS["tabbyapi_dir"], "tabbyapi_exl2_dir": PATHS["tabbyapi_exl2_dir"]}
+    unit = render(
+        "llm-model@.service.j2",
+        llm_router_engine_user="llm-engine",
+        llm_router_config_dir="/etc/llm-router",
+        llm_router_state_dir="/var/lib/llm-router",
+        llm_router_base_dir="/opt/llm-router",
+        _llm_router_paths=paths,
+    )
+    assert (
+        "ReadWritePaths=-/opt/llm-router/engines/tabbyapi/main/logs -/opt/llm-router/engines/tabbyapi/exl2/logs"
+        in unit.splitlines()
+    )
+    assert "ProtectSystem=strict" in unit.splitlines()
+    (model,) = normalize([{"id": "t", "backend": "tabbyapi", "model": "/m/T-exl3"}])
+    script = render("model-start.sh.j2", item=model)
+    assert f"cd {PATHS['tabbyapi_dir']}" in script  # templates/ and sampler_overrides/ are relative to it too
+
+
+def test_model_env_file_quotes_values() -> None:
+    (model,) = filters.normalize_models(
+        [{"id": "v", "backend": "vllm", "model": "/m/v", "evict": "sleep", "gpus": "0,1"}],
+        8100,
+        PATHS,
+        ["90"],
+        "cuda",
+        cuda_home="/usr/local/cuda",
+    )
+    lines = render("model.env.j2", item=model).splitlines()
+    assert "CUDA_HOME=/usr/local/cuda" in lines and "VLLM_SERVER_DEV_MODE=1" in lines
+    assert "CUDA_VISIBLE_DEVICES=0,1" in lines
+    assert "PATH=/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in lines
+
+
+def test_llamacpp_build_turns_the_web_ui_off() -> None:
+    """llama.cpp CMakeLists: LLAMA_BUILD_UI (default ON) runs ui-assets.cmake (npm if present) even with
+    LLAMA_USE_PREBUILT_UI=OFF (engine-audit.md #12)."""
+    tasks = yaml.safe_load((ROLE / "tasks/llamacpp.yml").read_text())
+    cmake = tasks[0]["ansible.builtin.set_fact"]["_llm_router_llamacpp_cmake"]
+    assert "'-DLLAMA_BUILD_UI=OFF'" in cmake and "'-DLLAMA_USE_PREBUILT_UI=OFF'" in cmake
+
+
+def test_tabbyapi_pins_are_full_commits() -> None:
+    """The git module compares `version` with the full HEAD SHA; a short one reports changed on every run."""
+    defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+    assert defaults["llm_router_tabbyapi_version"] == "e632af41eba68abeadc3437c62674360f2f8cbf1"
+    assert defaults["llm_router_tabbyapi_exl2_version"] == "79126f904c2e00aece026b36bb70bbb87e4892b2"
+
+
+# --- Install lanes and Pythons ----------------------------------------------------------------------------------
+
+VARS = yaml.safe_load((ROLE / "vars/main.yml").read_text())
+
+
+def lanes() -> dict:
+    """The role's lanes table (vars/main.yml _llm_router_engine_lanes, checked by `make check-engines`)."""
+    return VARS["_llm_router_engine_lanes"]
+
+
+DEBIAN12 = filters.distro_pythons("Debian", "12.11")
+JAMMY = filters.distro_pythons("Ubuntu", "22.04")
+NOBLE = filters.distro_pythons("Ubuntu", "24.04")
+
+
+def test_gpu_query_reads_caps_and_the_oldest_driver() -> None:
+    """nvidia-smi --query-gpu=compute_cap,driver_version --format=csv,noheader prints one 'cap, driver' per GPU."""
+    assert filters.gpu_query(["9.0, 580.95.05", "12.0, 575.51.03", ""]) == {
+        "compute_caps": ["9.0", "12.0"],
+        "driver": "575.51.03",
+    }
+    assert filters.gpu_query([]) == {"compute_caps": [], "driver": ""}
+
+
+def test_distribution_pythons() -> None:
+    """Debian 12 python3 3.11.2 (apt-cache policy python3-venv); Ubuntu 22.04 python3 3.10.6 and python3.11
+    3.11.0~rc1-1~22.04 in universe (packages.ubuntu.com/jammy-updates/python3.11-venv, python3.11-dev);
+    Ubuntu 24.04 python3 3.12.3 (packages.ubuntu.com/noble-updates/amd64/python3-venv)."""
+    assert [(p["version"], p["path"]) for p in DEBIAN12] == [("3.11", "/usr/bin/python3")]
+    assert [(p["version"], p["path"]) for p in JAMMY] == [("3.10", "/usr/bin/python3"), ("3.11", "/usr/bin/python3.11")]
+    assert JAMMY[1]["packages"] == ["python3.11-venv"] and JAMMY[1]["dev"] == ["python3.11-dev"]
+    assert [p["version"] for p in NOBLE] == ["3.12"]
+    assert filters.distro_pythons("Fedora", "41") == []
+
+
+def test_router_python_is_3_11_or_newer() -> None:
+    """pyproject.toml requires-python >=3.11 (router_app/config.py uses StrEnum)."""
+    assert filters.router_python(DEBIAN12)["path"] == "/usr/bin/python3"
+    jammy = filters.router_python(JAMMY)
+    assert jammy["path"] == "/usr/bin/python3.11" and jammy["packages"] == ["python3.11-venv"]
+    assert filters.router_python(NOBLE)["version"] == "3.12"
+    old = filters.router_python(JAMMY, {"version": "3.10", "path": "/opt/py310", "packages": [], "dev": []})
+    assert old["path"] == "" and "router: needs Python >=3.11" in old["error"] and "/opt/py310" in old["error"]
+
+
+def plan(engines, driver, distro, caps=("9.0",), **overrides):
+    return filters.engine_plan(list(engines), lanes(), driver, list(caps), distro, overrides)
+
+
+def test_tabbyapi_main_lane_follows_driver_and_python() -> None:
+    """tabbyAPI@e632af4 pyproject.toml: cu13 pins torch 2.11.0+cu130 / exllamav3 +cu132 only for cp312+ (and
+    triton/FLA `python_version >= '3.12'`); cu12 pins torch 2.9.0+cu128 / exllamav3 +cu128 for cp310-cp313.
+    exl2-checkpoint @79126f9: exllamav2 0.3.2+cu128 only in cu12 (engine-audit.md #3, #4)."""
+    table = lanes()
+    assert "cu13" not in table["tabbyapi_exl2"]
+    noble = plan(["tabbyapi", "tabbyapi_exl2"], "580.95.05", NOBLE)
+    assert noble["errors"] == []
+    assert noble["engines"]["tabbyapi"]["lane"] == "cu13"
+    assert noble["engines"]["tabbyapi"]["requirements"] == table["tabbyapi"]["cu13"]["requirements"]
+    assert noble["engines"]["tabbyapi_exl2"]["lane"] == "cu12"
+    debian = plan(["tabbyapi"], "580.95.05", DEBIAN12)["engines"]["tabbyapi"]
+    assert (debian["lane"], debian["python_version"]) == ("cu12", "3.11")
+    r570 = plan(["tabbyapi"], table["tabbyapi"]["cu12"]["min_driver"], NOBLE)["engines"]["tabbyapi"]
+    assert r570["lane"] == "cu12"
+
+
+def test_jammy_engines_use_python_3_11_from_universe() -> None:
+    """vllm 0.33.0 METADATA Requires-Python >=3.11,<3.15; sglang 0.5.23 Requires-Python >=3.11 (engine-audit.md #3)."""
+    result = plan(["vllm", "tabbyapi"], "580.95.05", JAMMY)
+    assert result["errors"] == []
+    vllm = result["engines"]["vllm"]
+    assert vllm["python"] == "/usr/bin/python3.11" and vllm["dev_packages"] == ["python3.11-dev"]
+    assert result["engines"]["tabbyapi"]["python"] == "/usr/bin/python3"  # cu12 takes jammy's 3.10
+
+
+def test_driver_too_old_names_engine_driver_needed_and_fix() -> None:
+    result = plan(["vllm", "tabbyapi"], "535.230.02", DEBIAN12)
+    assert result["engines"] == {}
+    for engine, error in zip(["vllm", "tabbyapi"], result["errors"], strict=True):
+        assert error.startswith(f"{engine}: no install lane fits this host (NVIDIA driver 535.230.02)")
+        needed = min((lane["min_driver"] for lane in lanes()[engine].values()), key=filters._version_tuple)
+        assert f"needs driver >= {needed}" in error and f"Fix: install NVIDIA driver >= {needed}" in error
+
+
+def test_python_too_old_names_engine_and_python() -> None:
+    result = plan(["tabbyapi"], "580.95.05", DEBIAN12, lanes={"tabbyapi": "cu13"})
+    (error,) = result["errors"]
+    assert "tabbyapi:" in error and "cu13 needs Python 3.12 (this host has 3.11)" in error
+    assert "llm_router_engine_pythons.tabbyapi" in error
+    override = {"tabbyapi": {"version": "3.12", "path": "/opt/py312/bin/python3.12", "packages": [], "dev": []}}
+    ok = plan(["tabbyapi"], "580.95.05", DEBIAN12, lanes={"tabbyapi": "cu13"}, pythons=override)
+    assert ok["engines"]["tabbyapi"]["python"] == "/opt/py312/bin/python3.12"
+
+
+def test_unknown_lane_and_blackwell_kernels() -> None:
+    (error,) = plan(["vllm"], "580.95.05", DEBIAN12, lanes={"vllm": "cu14"})["errors"]
+    assert "vllm: lane 'cu14' (llm_router_engine_lanes.vllm) is not in the lanes table" in error
+    (error,) = plan(["vllm"], "580.95.05", DEBIAN12, lanes={"vlm": "cu12"})["errors"]
+    assert error.startswith("llm_router_engine_lanes: unknown engine(s) vlm; known: sglang, vllm")
+    table = {"x": {"cu13": {"cuda_major": 13, "min_driver": "580", "pythons": [">=3.10"], "archs": ["9.0"]}}}
+    result = filters.engine_plan(["x"], table, "580.95.05", ["9.0", "12.0"], DEBIAN12, {})
+    assert "cu13 has no kernels for compute capability 12.0" in result["errors"][0]
+
+
+def test_python_specifiers() -> None:
+    assert filters._python_ok("3.11", ">=3.11,<3.15") and not filters._python_ok("3.10", ">=3.11,<3.15")
+    assert not filters._python_ok("3.15", ">=3.11,<3.15") and filters._python_ok("3.12", ["3.12", "3.13"])
+
+
+def test_venv_specs_and_idempotent_markers() -> None:
+    """vllm 0.33.0 vllm/entrypoints/cli/download_kernels.py: `vllm download-kernels` installs the precompiled kernels
+    it would otherwise download or compile at first start (engine-audit.md #11)."""
+    paths = {
+        **PATHS,
+        "sglang_venv": "/opt/llm-router/engines/sglang/venv",
+        "vllm_venv": "/opt/llm-router/engines/vllm/venv",
+    }
+    engines = plan(["vllm", "tabbyapi"], "580.95.05", DEBIAN12)["engines"]
+    specs = filters.venv_specs(engines, paths, {"tabbyapi": "e632af41eba68abeadc3437c62674360f2f8cbf1"})
+    tabby, vllm = specs
+    ((sh, flag, script, vllm_bin),) = vllm["post_install"]
+    assert (sh, flag, vllm_bin) == ("/bin/sh", "-c", "/opt/llm-router/engines/vllm/venv/bin/vllm")
+    # vllm 0.19.1 (cu12 lane) has no download-kernels: run it only where the subcommand exists.
+    assert script == 'if "$0" download-kernels --help >/dev/null 2>&1; then exec "$0" download-kernels; fi'
+    assert tabby["venv"] == PATHS["tabbyapi_dir"] + "/venv" and tabby["post_install"] == []
+    lane = {"cu13": {**lanes()["vllm"]["cu13"], "post_install": [["{venv}/bin/vllm", "download-kernels"]]}}
+    (own,) = filters.venv_specs(
+        filters.engine_plan(["vllm"], {"vllm": lane}, "580.95.05", [], DEBIAN12)["engines"], paths
+    )
+    assert own["post_install"] == [["/opt/llm-router/engines/vllm/venv/bin/vllm", "download-kernels"]]
+    assert tabby["post_install"] == []
+    again = filters.venv_specs(engines, paths, {"tabbyapi": "e632af41eba68abeadc3437c62674360f2f8cbf1"})
+    assert [s["id"] for s in again] == [s["id"] for s in specs]
+    moved = filters.venv_specs(engines, paths, {"tabbyapi": "0" * 40})
+    assert moved[0]["id"] != tabby["id"] and moved[1]["id"] == vllm["id"]
+
+    def marker(spec, text):
+        return {"item": spec, "content": base64.b64encode(text.encode()).decode()}
+
+    markers = [marker(tabby, tabby["id"] + "\n"), {"item": vllm, "failed": True, "msg": "file not found"}]
+    assert [s["engine"] for s in filters.stale_venvs(specs, markers)] == ["vllm"]
+    assert filters.stale_venvs(specs, [marker(tabby, tabby["id"]), marker(vllm, vllm["id"])]) == []
+
+
+def test_probed_pythons() -> None:
+    results = [
+        {"item": {"key": "router", "value": "/usr/bin/python3.11"}, "rc": 0, "stdout": "3.11"},
+        {"item": {"key": "vllm", "value": "/nope"}, "rc": 2, "stdout": "", "msg": "No such file"},
+    ]
+    probed = filters.probed_pythons(results)
+    assert probed["router"]["version"] == "3.11" and probed["router"]["error"] == ""
+    assert probed["vllm"]["error"] == "llm_router_engine_pythons.vllm: /nope does not run (No such file)."
+
+
+def test_gpu_smoke_inventory_is_valid() -> None:
+    """scripts/gpu_smoke.py's models pass the role's filter and sleep only where the engine can."""
+    spec = importlib.util.spec_from_file_location("gpu_smoke", ROOT / "scripts/gpu_smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_smoke"] = smoke  # dataclasses look their module up
+    spec.loader.exec_module(smoke)
+    entries = [s.entry for s in smoke.smoke_models(Path("/srv/llm-models/smoke"))]
+    models = normalize(entries)
+    assert [m["backend"] for m in models] == ["llamacpp", "sglang", "vllm", "tabbyapi", "tabbyapi"]
+    assert {m["id"] for m in models if m["evict"] == "sleep"} == {"smoke-sglang", "smoke-vllm"}
+    assert models[4]["workdir"] == PATHS["tabbyapi_exl2_dir"]
+    assert models[0]["source"].endswith(".gguf") and models[0]["model"].endswith(".gguf")
