@@ -419,6 +419,12 @@ def test_python_too_old_names_engine_and_python() -> None:
     assert ok["engines"]["tabbyapi"]["python"] == "/opt/py312/bin/python3.12"
 
 
+def test_engine_without_lanes_is_refused() -> None:
+    """The old role ended in a template KeyError for a CUDA major missing from its vLLM table (engine-audit #17)."""
+    result = filters.engine_plan(["vllm"], {"sglang": lanes()["sglang"]}, "580.95.05", ["9.0"], DEBIAN12, {})
+    assert result["errors"] == ["vllm: no install lanes for this engine in the role's lanes table."]
+
+
 def test_unknown_lane_and_blackwell_kernels() -> None:
     (error,) = plan(["vllm"], "580.95.05", DEBIAN12, lanes={"vllm": "cu14"})["errors"]
     assert "vllm: lane 'cu14' (llm_router_engine_lanes.vllm) is not in the lanes table" in error
