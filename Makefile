@@ -14,6 +14,7 @@ help:
 	@echo "make test   - lint + all tests (what CI runs)"
 	@echo "make lint   - ruff, ansible-lint, playbook syntax check"
 	@echo "make bench  - benchmarks; writes docs/benchmarks.md"
+	@echo "make gpu-smoke - on a real NVIDIA host: converge the role, one small model per engine (not in test)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
