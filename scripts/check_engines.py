@@ -12,7 +12,7 @@ Direct-URL requirements (TabbyAPI's torch and exllama wheels live on download.py
 are checked statically from their wheel file name (Python tag, platform tag, ``+cuNNN`` label); torch is then
 resolved from PyPI at the same public version, so the CUDA libraries it pulls in are checked too.
 
-Reports are cached under ~/.cache/llm-router/pip-check keyed by everything that goes into a resolve.
+Reports are cached under ~/.cache/llm-router/pip-check for a day, keyed by everything that goes into a resolve.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -272,12 +273,13 @@ def pip_args(case: Case, requirements: list[str], report: Path, cache_dir: Path)
     return args + requirements
 
 
-def resolve(case: Case, requirements: list[str], cache_dir: Path, pip: str) -> dict:
-    """pip's ``--report`` for the case, from the cache when the same resolve ran before."""
+def resolve(case: Case, requirements: list[str], cache_dir: Path, pip: str, max_age_h: float = 24) -> dict:
+    """pip's ``--report`` for the case, from the cache when the same resolve ran less than ``max_age_h`` ago
+    (unpinned transitive dependencies move: an old report could hide drift)."""
     key_data = [requirements, case.python, PLATFORMS, case.extra_index_urls, pip, PIP_SHIM]
     key = hashlib.sha256(json.dumps(key_data).encode()).hexdigest()[:20]
     cached = cache_dir / f"{key}.json"
-    if cached.exists():
+    if cached.exists() and time.time() - cached.stat().st_mtime < max_age_h * 3600:
         return json.loads(cached.read_text())
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -286,6 +288,9 @@ def resolve(case: Case, requirements: list[str], cache_dir: Path, pip: str) -> d
         env["PIP_CONFIG_FILE"] = os.devnull  # only PyPI (or PIP_INDEX_URL) and the lane's own index URLs
         cmd = [sys.executable, "-c", PIP_SHIM, case.python, *pip_args(case, requirements, report, cache_dir)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+        if proc.returncode != 0 and "invalid choice: 'fast-deps'" in proc.stderr:  # pip without the feature
+            cmd.remove("--use-feature=fast-deps")
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or proc.stderr.splitlines()
             raise ResolveError("\n".join(lines[-6:]))
@@ -298,14 +303,17 @@ class ResolveError(RuntimeError):
     """pip could not resolve a lane."""
 
 
-def check_case(case: Case, cache_dir: Path, pip: str) -> tuple[Case, list[str], list[Evidence]]:
+def check_case(case: Case, cache_dir: Path, pip: str, max_age_h: float) -> tuple[Case, list[str], list[Evidence]]:
     """Resolve one case; return its problems (empty when fine) and the CUDA evidence found."""
     to_pip, static, problems = split_requirements(case.requirements, case.python)
     try:
-        report = resolve(case, to_pip, cache_dir, pip)
+        report = resolve(case, to_pip, cache_dir, pip, max_age_h)
     except ResolveError as exc:
         return case, [*problems, f"pip cannot resolve {to_pip}:\n{exc}"], static
     evidence = static + report_evidence(report)
+    marker_python = report.get("environment", {}).get("python_version")
+    if marker_python != case.python:  # the shim failed: markers were evaluated for another Python
+        problems.append(f"pip evaluated environment markers for Python {marker_python}, not {case.python}")
     return case, problems + verdict(case.cuda_major, evidence), evidence
 
 
@@ -315,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], help="engine or engine/lane or engine/lane/pyX.Y")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+    parser.add_argument("--max-age-hours", type=float, default=24, help="re-resolve cached reports older than this")
     parser.add_argument("-v", "--verbose", action="store_true", help="print the CUDA evidence of every case")
     args = parser.parse_args(argv)
 
@@ -325,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     pip = pip_version()
     failed = 0
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for case, problems, evidence in pool.map(lambda c: check_case(c, args.cache_dir, pip), cases):
+        for case, problems, evidence in pool.map(
+            lambda c: check_case(c, args.cache_dir, pip, args.max_age_hours), cases
+        ):
             status = "FAIL" if problems else "ok"
             majors = sorted({ev.major for ev in evidence})
             print(f"{status:4} {case.name}: CUDA {case.cuda_major} lane, resolved set links CUDA {majors}")
