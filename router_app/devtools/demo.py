@@ -1,5 +1,8 @@
 """Prepare `make demo`: two tiny real GGUF models and a router config that runs them with llama-server.
 
+The models are fit for a chat UI: a context that holds Open-WebUI's built-in tools (~20-25 KB of JSON in every
+request) plus a few turns, and a default `max_tokens` so that gibberish replies do not fill it.
+
 python -m router_app.devtools.demo --dir demo --llama-server PATH
 """
 
@@ -13,6 +16,9 @@ import yaml
 from .tiny_gguf import write_model
 
 DEMO_MODELS = (("tiny-a", 1, ["a"]), ("tiny-b", 2, ["b"]))
+# Context given to llama-server (-c), and the models' trained context (n_ctx_train) so it warns of nothing.
+DEMO_CONTEXT = 16384
+DEMO_MAX_TOKENS = 128
 
 
 def demo_config(directory: Path, llama_server: Path, port: int = 8002) -> dict:
@@ -30,7 +36,7 @@ def demo_config(directory: Path, llama_server: Path, port: int = 8002) -> dict:
             "--port",
             "${PORT}",
             "-c",
-            "2048",
+            str(DEMO_CONTEXT),
             "-np",
             "1",
             "-t",
@@ -44,9 +50,26 @@ def demo_config(directory: Path, llama_server: Path, port: int = 8002) -> dict:
                 "backend": "llamacpp",
                 "description": f"tiny random-weight llama ({model_id}); replies are gibberish",
                 "command": command,
+                "context_length": DEMO_CONTEXT,
+                # Random weights never stop on their own: without a limit a reply fills the context.
+                "defaults": {"max_tokens": DEMO_MAX_TOKENS},
             }
         )
     return {"router": {"host": "127.0.0.1", "port": port, "supervisor": "process"}, "models": models}
+
+
+def write_demo(directory: Path, llama_server: Path, port: int = 8002) -> Path:
+    """Write the models (deterministic, so rewritten each time) and config.yml into `directory`; return its path."""
+    directory = directory.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    for model_id, seed, _aliases in DEMO_MODELS:
+        write_model(directory / f"{model_id}.gguf", name=model_id, seed=seed, ctx=DEMO_CONTEXT, chat_ui=True)
+    config_path = directory / "config.yml"
+    config_path.write_text(
+        "# Written by `make demo` (router_app.devtools.demo); edit freely.\n"
+        + yaml.safe_dump(demo_config(directory, llama_server.resolve(), port), sort_keys=False)
+    )
+    return config_path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,18 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--llama-server", type=Path, required=True)
     parser.add_argument("--port", type=int, default=8002)
     args = parser.parse_args(argv)
-    directory = args.dir.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    for model_id, seed, _aliases in DEMO_MODELS:
-        path = directory / f"{model_id}.gguf"
-        if not path.exists():
-            write_model(path, name=model_id, seed=seed)
-    config_path = directory / "config.yml"
-    config_path.write_text(
-        "# Written by `make demo` (router_app.devtools.demo); edit freely.\n"
-        + yaml.safe_dump(demo_config(directory, args.llama_server.resolve(), args.port), sort_keys=False)
-    )
-    print(f"demo config: {config_path}")
+    print(f"demo config: {write_demo(args.dir, args.llama_server, args.port)}")
 
 
 if __name__ == "__main__":

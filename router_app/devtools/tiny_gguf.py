@@ -19,6 +19,12 @@ CHATML_TEMPLATE = (
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# ChatML that also renders the request's tools into a system block, as real models' templates do, so a chat UI's
+# tools take context (Open-WebUI's ~21 KB of built-in tools: ~9000 tokens with chat_ui's vocab).
+CHATML_TOOLS_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\nYou may call these tools:\n' }}"
+    "{% for tool in tools %}{{ tool | tojson }}{{ '\n' }}{% endfor %}{{ '<|im_end|>\n' }}{% endif %}" + CHATML_TEMPLATE
+)
 
 _WORD_TEXT = (
     "the of and to in is it you that he was for on are with as his they be at one have this from or had "
@@ -31,9 +37,34 @@ _WORD_TEXT = (
 
 VOCAB_SIZE = 448
 
+# Extra words for chat_ui: what chat UIs send (JSON tool schemas, prompts), so text is a few chars a token.
+_CHAT_TEXT = (
+    "type function name description parameters properties required object string integer number boolean "
+    "array items enum default null true false content role user assistant system tool tools query search "
+    "notes note chat chats knowledge memory memories calendar event events automation automations time date "
+    "timestamp current get list create update delete view read write file files id ids title text limit "
+    "offset page start end query results result optional format value values message messages model models "
+    "return returns the of and to in is it for on are with as be at by this that from or an if not can will "
+    "you your user's search_notes search_chats view_note view_chat get_current_timestamp "
+)
 
-def build_vocab() -> tuple[list[str], list[float], list[int]]:
-    """Tokens, scores and token types of the SPM vocab (types: 1 normal, 2 unknown, 3 control, 6 byte)."""
+
+def _chat_pieces() -> list[str]:
+    """Pieces for chat_ui, each with all its prefixes (SPM merges pairs, so every step must be a token)."""
+    pieces: list[str] = []
+    for word in _CHAT_TEXT.split():
+        for form in (word, "\u2581" + word, '"' + word, '"' + word + '"', '"' + word + '":'):
+            for end in range(2, len(form) + 1):
+                if form[:end] not in pieces:
+                    pieces.append(form[:end])
+    return [*pieces, '":', '",', '", ', '": ', '{"', '"}', "}}", "}]", "},", "[{", '["', '"]']
+
+
+def build_vocab(chat_ui: bool = False) -> tuple[list[str], list[float], list[int]]:
+    """Tokens, scores and token types of the SPM vocab (types: 1 normal, 2 unknown, 3 control, 6 byte).
+
+    chat_ui adds some 1300 multi-character pieces: JSON and English take ~2.3 characters a token instead of ~1.
+    """
     tokens = ["<unk>", "<s>", "</s>"]
     types = [2, 3, 3]
     tokens += [f"<0x{b:02X}>" for b in range(256)]
@@ -52,6 +83,13 @@ def build_vocab() -> tuple[list[str], list[float], list[int]]:
         tokens.append(f"\u2581w{len(tokens)}")
         types.append(1)
     scores = [0.0 if t != 1 else -float(i) / 100 for i, t in enumerate(types)]
+    if chat_ui:
+        # Longer pieces score higher, so the longest merge available is taken first.
+        for piece in _chat_pieces():
+            if piece not in tokens:
+                tokens.append(piece)
+                types.append(1)
+                scores.append(float(len(piece)))
     return tokens, scores, types
 
 
@@ -66,13 +104,17 @@ def write_model(
     ff: int = 128,
     ctx: int = 2048,
     chat_template: bool = True,
+    chat_ui: bool = False,
 ) -> Path:
-    """Write a tiny llama GGUF to `path` and return the path."""
+    """Write a tiny llama GGUF to `path` and return the path.
+
+    chat_ui: fit for a chat UI such as Open-WebUI (the demo): a denser vocab, and a template that renders tools.
+    """
     import gguf
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    tokens, scores, types = build_vocab()
+    tokens, scores, types = build_vocab(chat_ui)
     vocab = len(tokens)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +139,7 @@ def write_model(
     writer.add_eos_token_id(tokens.index("<|im_end|>"))
     writer.add_add_bos_token(False)
     if chat_template:
-        writer.add_chat_template(CHATML_TEMPLATE)
+        writer.add_chat_template(CHATML_TOOLS_TEMPLATE if chat_ui else CHATML_TEMPLATE)
 
     def weights(*shape: int, scale: float = 0.02) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)
@@ -136,8 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument("--chat-ui", action="store_true", help="denser vocab and a template that renders tools")
     args = parser.parse_args(argv)
-    print(write_model(args.path, name=args.name, seed=args.seed, layers=args.layers, ctx=args.ctx))
+    print(
+        write_model(args.path, name=args.name, seed=args.seed, layers=args.layers, ctx=args.ctx, chat_ui=args.chat_ui)
+    )
 
 
 if __name__ == "__main__":
