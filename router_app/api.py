@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI, Request
@@ -15,13 +18,14 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__
-from .config import Config, ConfigError, RouterSettings, read_keys, read_secret
+from .config import Config, ConfigError, ModelConfig, RouterSettings, read_keys, read_secret
 from .engines import adapter_for
 from .errors import is_anthropic_path, json_error
 from .history import History
 from .memory import MemoryModel, Nvml
 from .metrics import RouterMetrics
 from .proxy import ROUTES, Proxy
+from .reload import LiveParts, Reloader
 from .routes import RouterContext, admin_routes, management_routes, model_routes, status_routes
 from .runtime import ModelRuntime
 from .supervisor import ProcessSupervisor, Supervisor, SystemdSupervisor, default_unit_name
@@ -116,6 +120,7 @@ class EntryPoint:
         self.proxy = proxy
         self.keys = keys
         self.settings = settings
+        self.reloader: Reloader | None = None  # set by create_app: config reload on SIGHUP
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -235,7 +240,7 @@ def build_supervisor(config: Config, model_id: str) -> Supervisor | None:
     )
 
 
-def create_app(config: Config) -> EntryPoint:
+def create_app(config: Config, config_path: Path | None = None, reloadable: bool = False) -> EntryPoint:
     """The router as an ASGI app; engines are adopted on startup and (process supervisor) stopped on exit."""
     settings = config.router
     keys = Keys(config)
@@ -246,22 +251,20 @@ def create_app(config: Config) -> EntryPoint:
         timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=0),
     )
-    runtimes = {
-        model.id: ModelRuntime(
-            model,
-            adapter_for(model, client),
-            build_supervisor(config, model.id),
-            settings,
-            metrics=metrics,
+
+    def make_runtime(conf: Config, model: ModelConfig) -> ModelRuntime:
+        return ModelRuntime(
+            model, adapter_for(model, client), build_supervisor(conf, model.id), conf.router, metrics=metrics
         )
-        for model in config.models
-    }
+
+    runtimes = {model.id: make_runtime(config, model) for model in config.models}
     upstream = Upstream({m.id: connection_policy(m) for m in config.models})
     switcher = Switcher(
         runtimes,
         settings,
         metrics,
         before_evict=upstream.disconnect,
+        on_rename=upstream.rename,
         memory=MemoryModel(config, Nvml.open() if settings.memory.source in ("auto", "nvml") else None),
         history=History(settings.state_dir),
     )
@@ -277,9 +280,21 @@ def create_app(config: Config) -> EntryPoint:
             len(config.models),
             ", ".join(m.id for m in config.models),
         )
+        loop = asyncio.get_running_loop()
+
+        def reload_now() -> None:
+            if entry.reloader is not None:
+                task = asyncio.ensure_future(entry.reloader.reload())
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+        if reloadable:  # SIGHUP (systemctl reload) re-reads the config file
+            loop.add_signal_handler(signal.SIGHUP, reload_now)
         try:
             yield
         finally:
+            if reloadable:
+                loop.remove_signal_handler(signal.SIGHUP)
             await switcher.shutdown(stop_engines=settings.supervisor == "process")
             await upstream.close()
             await client.aclose()
@@ -296,7 +311,7 @@ def create_app(config: Config) -> EntryPoint:
         return json_error(400, f"invalid request: {exc.errors()}", "invalid_request_error")
 
     def is_admin(request: Request) -> bool:
-        return keys.admin_ok(_key_from(request))
+        return entry.keys.admin_ok(_key_from(request))
 
     for router in (
         model_routes(context),
@@ -305,4 +320,8 @@ def create_app(config: Config) -> EntryPoint:
         admin_routes(context),
     ):
         app.include_router(router)
-    return EntryPoint(app, proxy, keys, settings)
+    entry = EntryPoint(app, proxy, keys, settings)
+    reloads: set[asyncio.Future[bool]] = set()
+    parts = LiveParts(entry, proxy, context, switcher, upstream, make_runtime, Keys)
+    entry.reloader = Reloader(config, parts, config_path)
+    return entry

@@ -51,7 +51,7 @@ def serve(args: argparse.Namespace) -> None:
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     try:
-        app = create_app(config)
+        app = create_app(config, config_path=args.config, reloadable=True)
     except ConfigError as exc:
         print(f"llm-router: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

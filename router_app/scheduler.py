@@ -314,6 +314,53 @@ class Scheduler:
             }
         )
 
+    # --- reconfiguration (config reload) ------------------------------------------------------
+
+    def add(self, spec: ModelSpec) -> None:
+        """A model new to the config (stopped)."""
+        self._models[spec.id] = _Model(spec)
+        for device in spec.devices:
+            self.devices.setdefault(device, None)
+
+    def rename(self, model: str, new_id: str) -> None:
+        """Keep an engine's state under another id (a changed model's old engine, retiring)."""
+        state = self._models.pop(model)
+        state.spec = ModelSpec(**{**state.spec.__dict__, "id": new_id})
+        self._models[new_id] = state
+        for rid, granted in list(self._granted.items()):
+            if granted == model:
+                self._granted[rid] = new_id
+        for other in self._models.values():
+            other.victims = tuple(new_id if v == model else v for v in other.victims)
+            other.blocked_by = tuple(new_id if v == model else v for v in other.blocked_by)
+
+    def retire(self, model: str, now: float, successor: str | None) -> list[Effect]:
+        """Stop `model` for good: its waiters move to `successor` (or fail), a load in progress is cancelled,
+        a resident engine drains and is evicted. `remove` it once it is stopped."""
+        state = self._models[model]
+        effects: list[Effect] = []
+        waiters = dict(state.waiters)
+        state.waiters.clear()
+        if successor is not None and successor in self._models:
+            self._models[successor].waiters.update(waiters)
+        else:
+            effects += [Fail(rid, model, "the model was removed from the configuration") for rid in waiters]
+        if state.phase is Phase.PENDING:
+            state.phase, state.victims = Phase.STOPPED, ()
+        elif state.phase is Phase.LOADING:
+            effects.append(CancelLoad(model))
+        elif state.phase in (Phase.READY, Phase.SLEEPING):
+            effects += self.unload(model, now, reason="configuration changed")
+        return effects + self._plan(now)
+
+    def remove(self, model: str) -> None:
+        """Forget a stopped model."""
+        state = self._models.pop(model)
+        assert state.phase is Phase.STOPPED and not state.inflight, f"{model} is {state.phase.value}"
+
+    def set_spec(self, spec: ModelSpec) -> None:
+        self._models[spec.id].spec = spec
+
     def set_capacity(self, device: str, capacity: int | None) -> None:
         self.devices[device] = capacity
 

@@ -75,6 +75,7 @@ class Switcher:
         settings: RouterSettings,
         metrics: RouterMetrics | None = None,
         before_evict: Callable[[str], Awaitable[None]] | None = None,
+        on_rename: Callable[[str, str], None] | None = None,
         memory: MemoryModel | None = None,
         history: History | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -86,6 +87,7 @@ class Switcher:
         self.clock = clock
         self._metrics = metrics
         self._before_evict = before_evict
+        self._on_rename = on_rename
         self.scheduler = Scheduler(
             memory.capacities() if memory else {},
             [self._spec(rt) for rt in runtimes.values() if rt.supervisor is not None],
@@ -109,6 +111,8 @@ class Switcher:
         self._timer_at: float | None = None
         self._closing = False
         self._listeners: list[Callable[[str, str], None]] = []
+        self._stopped: dict[str, asyncio.Event] = {}
+        self._reloads = 0
         self._statuses: dict[str, str] = {m: self.status(m) for m in runtimes}
 
     def _spec(self, runtime: ModelRuntime) -> ModelSpec:
@@ -180,6 +184,9 @@ class Switcher:
                     task.cancel()
         self._arm_timer()
         self._notify()
+        for model, event in self._stopped.items():
+            if self.scheduler.manages(model) and self.scheduler.phase(model) is Phase.STOPPED:
+                event.set()
 
     # --- status for clients (llama.cpp router-mode vocabulary) -----------------------------
 
@@ -297,13 +304,15 @@ class Switcher:
             ok, reason = False, f"{model}: {type(exc).__name__}: {exc}"
             log.exception("loading %s failed", model)
         finally:
-            self._loads.pop(model, None)
+            model = self._id_of(runtime)
+            self._loads.pop(model, None)  # a config reload may have renamed it meanwhile
         elapsed = self.clock() - started
+        name = runtime.model.id  # history and metrics: the model's own id, also for a retiring engine
         if self._metrics is not None:
-            self._metrics.switch_done(model, ok, elapsed)
+            self._metrics.switch_done(name, ok, elapsed)
         if ok:
-            self.history.record_load(model, runtime.load_seconds or elapsed)
-            self.scheduler.set_reload_cost(model, self.history.get(model).median_load_s() or elapsed)
+            self.history.record_load(name, runtime.load_seconds or elapsed)
+            self.scheduler.set_reload_cost(model, self.history.get(name).median_load_s() or elapsed)
             await self._learn(model, asleep=False)
         log.info("load of %s %s in %.2f s", model, "done" if ok else "FAILED", elapsed)
         self.apply(self.scheduler.load_done(model, ok, reason, self.clock()))
@@ -312,7 +321,7 @@ class Switcher:
         runtime = self.runtimes[model]
         log.info("evicting %s: %s", model, reason)
         if self._metrics is not None:
-            self._metrics.evictions.labels(model, _reason_kind(reason)).inc()
+            self._metrics.evictions.labels(runtime.model.id, _reason_kind(reason)).inc()
         try:
             if self._before_evict is not None:
                 await self._before_evict(model)
@@ -320,6 +329,7 @@ class Switcher:
         except Exception:
             log.exception("evicting %s failed", model)
         finally:
+            model = self._id_of(runtime)
             self._evictions.pop(model, None)
         slept = runtime.state is ModelState.SLEEPING
         if slept:
@@ -341,7 +351,7 @@ class Switcher:
             return
         if not usage or not any(usage.values()):
             return
-        self.history.record_footprint(model, footprint_key(runtime.model), usage, asleep=asleep)
+        self.history.record_footprint(runtime.model.id, footprint_key(runtime.model), usage, asleep=asleep)
         measured = max(usage.values())
         if runtime.model.memory is None and not asleep:
             self.scheduler.set_footprint(model, measured)
@@ -366,6 +376,69 @@ class Switcher:
             runtime.state = ModelState.FAILED
             runtime.last_error = "engine refused connections"
             self.apply(self.scheduler.engine_lost(model, self.clock()))
+
+    # --- config reload ---------------------------------------------------------------------
+
+    def _id_of(self, runtime: ModelRuntime) -> str:
+        return next((key for key, rt in self.runtimes.items() if rt is runtime), runtime.model.id)
+
+    def _rename(self, model: str, new_id: str) -> None:
+        self.scheduler.rename(model, new_id)
+        if self._on_rename is not None:
+            self._on_rename(model, new_id)
+        self.runtimes[new_id] = self.runtimes.pop(model)
+        for table in (self._loads, self._evictions, self._load_started, self._evicted, self._statuses):
+            if model in table:
+                table[new_id] = table.pop(model)  # type: ignore[index]
+
+    async def reconfigure(self, runtimes: dict[str, ModelRuntime], changed: set[str], removed: set[str]) -> None:
+        """Apply a reloaded config. `runtimes` are the new engines of added and changed models; unchanged models
+        keep running and keep their requests. The old engines of changed and removed models drain, stop and are
+        forgotten; requests waiting for a changed model wait for its new definition, those for a removed one fail."""
+        self._reloads += 1
+        now = self.clock()
+        retiring: list[tuple[str, str | None]] = []
+        for model in sorted(changed | removed):
+            old = f"{model}~retiring-{self._reloads}"
+            self._rename(model, old)
+            retiring.append((old, model if model in changed else None))
+        for model, runtime in runtimes.items():
+            runtime.on_lost = self._engine_lost
+            self.runtimes[model] = runtime
+            spec = self._spec(runtime)
+            if model in changed:  # not before the old engine (maybe the same systemd unit) is gone
+                old = next(o for o, successor in retiring if successor == model)
+                group = f"~reload-{model}"
+                self.scheduler.set_spec(ModelSpec(**{**self.scheduler.spec(old).__dict__, "group": group}))
+                spec = ModelSpec(**{**spec.__dict__, "group": group})
+            self.scheduler.add(spec)
+            self._statuses[model] = self.status(model)
+        for old, successor in retiring:
+            self._stopped[old] = asyncio.Event()
+            log.info(
+                "config reload: %s %s; its engine drains and stops",
+                old.split("~")[0],
+                "changed" if successor else "removed",
+            )
+            self.apply(self.scheduler.retire(old, self.clock(), successor))
+        for old, successor in retiring:
+            await self._stopped[old].wait()
+            del self._stopped[old]
+            self.scheduler.remove(old)
+            self.runtimes.pop(old, None)
+            self._statuses.pop(old, None)
+            if successor is not None:
+                self.scheduler.set_spec(self._spec(self.runtimes[successor]))
+        self.apply([])
+        log.info("config reload done in %.2f s", self.clock() - now)
+
+    def update_settings(self, settings: RouterSettings) -> None:
+        """Settings that apply without a restart: fairness, drain bound, idle TTL."""
+        self.settings = settings
+        self.scheduler.fairness_s = settings.fairness_s
+        self.scheduler.drain_timeout_s = settings.drain_timeout_s
+        self.scheduler.default_ttl_s = settings.idle_ttl_s
+        self.apply([])
 
     # --- admin ---------------------------------------------------------------------------
 

@@ -119,6 +119,16 @@ class Upstream:
             raise _error(exc) from None
         return UpstreamResponse(response)
 
+    def set_policy(self, engine: str, policy: ConnectionPolicy) -> None:
+        self._policies[engine] = policy
+
+    def rename(self, engine: str, new_name: str) -> None:
+        """A retiring engine keeps its pool under its new name; the model's name gets a fresh one."""
+        if engine in self._sessions:
+            self._sessions[new_name] = self._sessions.pop(engine)
+        if engine in self._policies:
+            self._policies[new_name] = self._policies[engine]
+
     async def disconnect(self, engine: str) -> None:
         """Close the idle connections to an engine that is about to stop (busy ones close as they finish)."""
         session = self._sessions.pop(engine, None)

@@ -17,12 +17,12 @@ from .context import RouterContext
 
 def status_routes(ctx: RouterContext) -> APIRouter:
     router = APIRouter()
-    config, runtimes, switcher = ctx.config, ctx.runtimes, ctx.switcher
+    runtimes, switcher = ctx.runtimes, ctx.switcher  # the config is read from ctx each time: a reload replaces it
 
     @router.get("/health")
     async def health() -> dict[str, Any]:
         backends: dict[str, dict[str, int]] = {}
-        for model in config.models:
+        for model in ctx.config.models:
             states = backends.setdefault(model.backend.value, {})
             state = runtimes[model.id].state.value
             states[state] = states.get(state, 0) + 1
@@ -35,12 +35,12 @@ def status_routes(ctx: RouterContext) -> APIRouter:
             "memory": switcher.memory_report(),
             "switching": switcher.switching(),
             "backends": backends,
-            "models": [ctx.model_health(m.id) for m in config.models],
+            "models": [ctx.model_health(m.id) for m in ctx.config.models],
         }
 
     @router.get("/health/all")
     async def health_all() -> dict[str, Any]:
-        return {"models": {m.id: ctx.model_health(m.id) for m in config.models}}
+        return {"models": {m.id: ctx.model_health(m.id) for m in ctx.config.models}}
 
     @router.get("/health/{model_id:path}")
     async def health_model(model_id: str) -> Response:
@@ -56,7 +56,7 @@ def status_routes(ctx: RouterContext) -> APIRouter:
         return {
             "running": [
                 ctx.model_health(m.id)
-                for m in config.models
+                for m in ctx.config.models
                 if runtimes[m.id].supervisor is not None and runtimes[m.id].state is not ModelState.STOPPED
             ]
         }

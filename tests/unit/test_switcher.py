@@ -169,3 +169,35 @@ async def test_abandoned_load_is_cancelled_and_the_engine_stopped() -> None:
     await asyncio.wait_for(_until(lambda: journal == ["start a", "stop a"]), 10)
     await asyncio.wait_for(_until(lambda: switcher.scheduler.phase("a") == "stopped"), 10)
     assert switcher.runtimes["a"].state == "stopped"
+
+
+async def test_reconfigure_keeps_unchanged_models_and_drains_changed_and_removed_ones() -> None:
+    journal: list[str] = []
+    settings = RouterSettings()
+    runtimes = {}
+    for name in ("a", "b", "c"):
+        model = ModelConfig(id=name, backend="llamacpp", port=1, command=["x"], group=name)
+        supervisor = MemorySupervisor(name, journal)
+        runtimes[name] = ModelRuntime(model, ReadyAdapter(model, supervisor), supervisor, settings)
+    switcher = Switcher(runtimes, settings)
+    for name in ("a", "b", "c"):  # one group each (no memory info: a group holds one model): all resident
+        await switcher.load(name)
+    in_flight = switcher.ticket("b")
+    await in_flight.wait()
+    journal.clear()
+
+    changed = ModelConfig(id="b", backend="llamacpp", port=1, command=["x", "--new"], group="b")
+    new_supervisor = MemorySupervisor("b-new", journal)
+    new_b = ModelRuntime(changed, ReadyAdapter(changed, new_supervisor), new_supervisor, settings)
+    reload = asyncio.create_task(switcher.reconfigure({"b": new_b}, changed={"b"}, removed={"c"}))
+    await asyncio.wait_for(_until(lambda: "stop c" in journal), 10)
+    waiting = switcher.ticket("b")  # a request for b during the reload waits for the new definition
+    await asyncio.sleep(0.05)
+    assert "stop b" not in journal, "b's old engine finishes its request first"
+    in_flight.release()
+    await asyncio.wait_for(reload, 10)
+    await asyncio.wait_for(waiting.wait(), 10)
+    assert journal == ["stop c", "stop b", "start b-new"]
+    assert switcher.runtimes["b"] is new_b and "c" not in switcher.runtimes
+    assert sorted(switcher.runtimes) == ["a", "b"] and switcher.status("a") == "loaded"
+    waiting.release()

@@ -1,0 +1,97 @@
+"""Config reload without disturbing models whose definition did not change (SIGHUP, `systemctl reload`).
+
+The file is read and validated first; an invalid one is refused with the error logged and the running
+config kept. Models whose entry is unchanged keep running and keep their requests; changed and removed
+ones drain and stop (a changed one starts again from its new definition on the next request); added ones
+are available at once. Keys are re-read. Settings that shape the process itself need a restart and are
+kept (with a warning) until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, ModelConfig, load_config
+from .runtime import ModelRuntime
+from .switcher import Switcher
+from .upstream import Upstream, connection_policy
+
+log = logging.getLogger(__name__)
+
+# router: keys that only a restart changes (listen socket, supervisor, memory source, state).
+RESTART_ONLY = ("host", "port", "supervisor", "systemctl", "memory", "state_dir", "log_level", "log_lines")
+
+
+@dataclass
+class LiveParts:
+    """The running app's pieces that hold the config."""
+
+    entry: Any  # api.EntryPoint: keys and settings
+    proxy: Any  # proxy.Proxy: config and settings
+    context: Any  # routes.RouterContext: config
+    switcher: Switcher
+    upstream: Upstream
+    make_runtime: Callable[[Config, ModelConfig], ModelRuntime]
+    make_keys: Callable[[Config], Any]
+
+
+class Reloader:
+    """Re-reads the config file and applies the difference; one reload at a time."""
+
+    def __init__(self, config: Config, parts: LiveParts, path: Path | None) -> None:
+        self.config = config
+        self.parts = parts
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    async def reload(self) -> bool:
+        async with self._lock:
+            try:
+                new = load_config(self.path)
+                keys = self.parts.make_keys(new)
+            except ConfigError as exc:
+                log.error("config reload refused, the running config stays: %s", exc)
+                return False
+            await self.apply(new, keys)
+            return True
+
+    async def apply(self, new: Config, keys: Any) -> None:
+        old = self.config
+        kept = {
+            key: getattr(old.router, key)
+            for key in RESTART_ONLY
+            if getattr(old.router, key) != getattr(new.router, key)
+        }
+        for key in kept:
+            log.warning("config reload: router.%s changed; it takes effect after a restart", key)
+        new = new.model_copy(update={"router": new.router.model_copy(update=kept)})
+        before = {m.id: m for m in old.models}
+        after = {m.id: m for m in new.models}
+        removed = set(before) - set(after)
+        added = set(after) - set(before)
+        changed = {m for m in set(before) & set(after) if before[m] != after[m]}
+        log.info(
+            "config reload: %d unchanged, %d changed (%s), %d added (%s), %d removed (%s)",
+            len(before) - len(changed) - len(removed),
+            len(changed),
+            ", ".join(sorted(changed)) or "-",
+            len(added),
+            ", ".join(sorted(added)) or "-",
+            len(removed),
+            ", ".join(sorted(removed)) or "-",
+        )
+        runtimes = {m: self.parts.make_runtime(new, after[m]) for m in sorted(added | changed)}
+        parts = self.parts
+        for model in added | changed:
+            parts.upstream.set_policy(model, connection_policy(after[model]))
+        self.config = new
+        parts.entry.keys, parts.entry.settings = keys, new.router
+        parts.proxy.config, parts.proxy.settings = new, new.router
+        parts.context.config = new
+        parts.switcher.update_settings(new.router)
+        await parts.switcher.reconfigure(runtimes, changed, removed)
