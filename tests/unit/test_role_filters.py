@@ -84,7 +84,9 @@ def test_engine_commands_carry_inventory_flags() -> None:
     ):
         assert " ".join(flag) in " ".join(q["argv"])
     assert "--sleep-on-idle" in q["argv"] and "--enable-memory-saver" in q["argv"]
-    assert q["env"] == {"CUDA_VISIBLE_DEVICES": "0,1"} and q["unit"] == "llm-model@q.service"
+    # PCI bus order: the indices in `gpus` are nvidia-smi's and NVML's, which the router's placement counts with.
+    assert q["env"] == {"CUDA_VISIBLE_DEVICES": "0,1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert q["unit"] == "llm-model@q.service"
     assert v["port"] == 9000 and "--enable-sleep-mode" in v["argv"] and v["env"]["VLLM_SERVER_DEV_MODE"] == "1"
     assert "--tensor-split 3,1" in " ".join(g["argv"]) and g["argv"][-1] == "--jinja"
     assert "--n-gpu-layers all" in " ".join(g["argv"])
@@ -497,3 +499,18 @@ def test_gpu_smoke_inventory_is_valid() -> None:
     assert {m["id"] for m in models if m["evict"] == "sleep"} == {"smoke-sglang", "smoke-vllm"}
     assert models[4]["workdir"] == PATHS["tabbyapi_exl2_dir"]
     assert models[0]["source"].endswith(".gguf") and models[0]["model"].endswith(".gguf")
+
+
+def test_router_config_carries_placement_and_lifecycle_keys() -> None:
+    models = normalize(
+        [
+            {"id": "q", "backend": "sglang", "model": "/srv/q", "gpus": "0,1", "memory": "40GiB", "pinned": True},
+            {"id": "l", "backend": "llamacpp", "model": "/srv/l.gguf", "context_length": 8192, "ttl_s": 600},
+        ]
+    )
+    config = filters.router_config(models, {"state_dir": "/var/lib/llm-router/router"}, "/etc/llm-router")
+    parse_config({**config, "router": {**config["router"], "supervisor": "systemd"}})  # the router accepts it
+    q, l = config["models"]
+    assert q["devices"] == ["0", "1"] and q["memory"] == "40GiB" and q["pinned"] is True
+    assert q["weights"] == "/srv/q" and "ttl_s" not in q
+    assert l["context_length"] == 8192 and l["ttl_s"] == 600 and l["weights"] == "/srv/l.gguf" and "devices" not in l

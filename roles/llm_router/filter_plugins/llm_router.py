@@ -496,6 +496,7 @@ def normalize_models(
         env = {str(k): str(v) for k, v in model["env"].items()}
         if model.get("gpus") is not None and accelerator == "cuda":
             env.setdefault("CUDA_VISIBLE_DEVICES", str(model["gpus"]))
+            env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # indices as nvidia-smi/NVML number them
         if model["backend"] == "vllm" and model["evict"] == "sleep":
             env.setdefault("VLLM_SERVER_DEV_MODE", "1")
         if model["backend"] in GPU_BACKENDS and accelerator == "cuda" and cuda_home:
@@ -504,6 +505,22 @@ def normalize_models(
         model["env"] = env
         out.append(model)
     return out
+
+
+# Inventory model keys the router's config takes as they are (docs/config.md).
+ROUTER_MODEL_KEYS = (
+    "load_timeout_s",
+    "health_path",
+    "context_length",
+    "mem_fraction",
+    "parallel",
+    "memory",
+    "sleep_memory",
+    "pinned",
+    "preload",
+    "ttl_s",
+    "on_abandon",
+)
 
 
 def router_config(models: list[dict[str, Any]], settings: dict[str, Any], config_dir: str) -> dict[str, Any]:
@@ -521,7 +538,7 @@ def router_config(models: list[dict[str, Any]], settings: dict[str, Any], config
             entry["group"] = model["group"]
         if model["evict"] != "stop":
             entry["evict"] = model["evict"]
-        for key in ("load_timeout_s", "health_path"):
+        for key in ROUTER_MODEL_KEYS:
             if model.get(key) is not None:
                 entry[key] = model[key]
         if model["backend"] == "openai":
@@ -531,6 +548,11 @@ def router_config(models: list[dict[str, Any]], settings: dict[str, Any], config
         else:
             entry["port"] = model["port"]
             entry["unit"] = model["unit"]
+            if model.get("gpus") not in (None, ""):
+                # Which GPUs it occupies, for memory-aware placement (NVML indices; CUDA_DEVICE_ORDER=PCI_BUS_ID).
+                entry["devices"] = [g.strip() for g in str(model["gpus"]).split(",") if g.strip()]
+            if model.get("model") and not str(model["model"]).startswith(("http://", "https://")):
+                entry["weights"] = str(model["model"])  # the estimate before the first load reads it
             if model["backend"] == "tabbyapi":
                 entry["api_tokens_file"] = model["api_tokens_file"]
                 entry["tabby_model_name"] = model.get(
