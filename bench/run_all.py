@@ -16,6 +16,7 @@ import footprint
 import latency
 import stream_relay
 import switch
+import thrash
 from common import ROOT, llama_server, machine
 
 TARGETS = """| # | target | measured | met |
@@ -24,6 +25,8 @@ TARGETS = """| # | target | measured | met |
 | 2 | streaming relay ≥ 0.95× direct aggregate tokens/s | {relay} | {relay_ok} |
 | 3 | switch overhead ≤ 100 ms | {sw} | {sw_ok} |
 | 4 | RSS ≤ 80 MB idle, ≤ 1.5 s to ready | {fp} | {fp_ok} |
+| 5 | thrash, 16 clients, 2 models: wall, p95 ≤ 1.0× llama.cpp router mode, loads ≤ its (worst seed) | {th} | {th_ok} |
+| 6 | co-residency: two of three fit, alternating reloads nothing, the third evicts exactly one | {co} | {co_ok} |
 """
 
 
@@ -33,18 +36,23 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     quick = args.quick
-    print("1/4 latency …", flush=True)
+    print("1/5 latency …", flush=True)
     lat = latency.run(100 if quick else 500)
     print(latency.report(lat), flush=True)
-    print("2/4 streaming relay …", flush=True)
+    print("2/5 streaming relay …", flush=True)
     relay = stream_relay.run(64, 500 if quick else 2000)
     print(stream_relay.report(relay), flush=True)
-    print("3/4 switch overhead …", flush=True)
+    print("3/5 switch overhead …", flush=True)
     sw = switch.run(4 if quick else 12)
     print(switch.report(sw), flush=True)
-    print("4/4 footprint …", flush=True)
+    print("4/5 footprint …", flush=True)
     fp = footprint.run(3 if quick else 5)
     print(footprint.report(fp), flush=True)
+    print("5/5 thrash beside llama.cpp router mode, co-residency …", flush=True)
+    th = thrash.run([1] if quick else [1, 2, 3], 16, 100 if quick else 200)
+    print(thrash.report(th), flush=True)
+    worst = thrash.ratios(th)
+    co = th["co_residency"]
 
     router_lat = lat["llm-router"]
     litellm_ratio = lat.get("litellm_vs_router_added_p50")
@@ -62,6 +70,10 @@ def main() -> None:
         sw_ok=_yes(sw["overhead_ms"] <= 100),
         fp=f"{fp['rss_idle_mb']:.0f} MB idle, {fp['startup_s_median']:.2f} s",
         fp_ok=_yes(fp["rss_idle_mb"] <= 80 and fp["startup_s_median"] <= 1.5),
+        th=f"wall {worst['wall']:.2f}×, p95 {worst['p95']:.2f}×, loads {worst['loads']:.2f}×",
+        th_ok=_yes(worst["wall"] <= 1.0 and worst["p95"] <= 1.0 and worst["loads"] <= 1.0),
+        co=f"{co['reloads_after_warmup']} reloads, {co['evictions_for_third']} eviction(s)",
+        co_ok=_yes(co["reloads_after_warmup"] == 0 and co["evictions_for_third"] == 1),
     )
     print(targets)
     version = subprocess.run([llama_server(), "--version"], capture_output=True, text=True).stderr.strip()
@@ -81,6 +93,7 @@ def main() -> None:
             relay=stream_relay.report(relay),
             switch=switch.report(sw),
             footprint=footprint.report(fp),
+            thrash=thrash.report(th),
         )
     )
     print(f"wrote {args.output}")

@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import free_port, llama_server, pct, router, wait_http
+from common import cpu_seconds, free_port, llama_server, pct, router, wait_http
 
 ENGINE_FLAGS = ["-c", "2048", "-np", "1", "-t", "1", "--no-webui"]
 MODELS = ("tiny-a", "tiny-b")
@@ -47,6 +47,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     failures: int = 0
     loads: int = 0
+    router_cpu_s: float = 0.0  # CPU the routing process itself used during the run (engines not counted)
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, float | int | str]:
@@ -61,6 +62,7 @@ class Result:
             "failed": self.failures,
             "loads": self.loads,
             "loads_per_request": round(self.loads / max(done + self.failures, 1), 3),
+            "router_cpu_s": round(self.router_cpu_s, 2),
         }
 
 
@@ -151,8 +153,10 @@ def run_llm_router(binary: str, models: dict[str, Path], seed: int, clients: int
             for name, path in models.items()
         ],
     }
-    with router(config, work) as (base, _proc):
+    with router(config, work) as (base, proc):
+        cpu = cpu_seconds(proc.pid)
         asyncio.run(workload(base, result, clients, requests))
+        result.router_cpu_s = cpu_seconds(proc.pid) - cpu
         result.loads = llm_router_loads(base)
     return result
 
@@ -173,7 +177,9 @@ def run_llamacpp_router(binary: str, models_dir: Path, seed: int, clients: int, 
         )
         try:
             wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+            cpu = cpu_seconds(proc.pid)
             asyncio.run(workload(f"http://127.0.0.1:{port}", result, clients, requests))
+            result.router_cpu_s = cpu_seconds(proc.pid) - cpu
         finally:
             proc.terminate()
             try:
@@ -269,13 +275,13 @@ def report(data: dict[str, object]) -> str:
         f"{data['clients']} clients, {data['requests']} requests per run, two models picked at random per request, "
         "60 % streamed, 4–24 tokens; llama-server flags `-c 2048 -np 1 -t 1` for both systems.",
         "",
-        "| seed | system | wall s | p50 s | p95 s | ok | failed | engine loads | loads/request |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| seed | system | wall s | p50 s | p95 s | ok | failed | engine loads | loads/request | router CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['seed']} | {row['system']} | {row['wall_s']} | {row['p50_s']} | {row['p95_s']} | {row['ok']} "
-            f"| {row['failed']} | {row['loads']} | {row['loads_per_request']} |"
+            f"| {row['failed']} | {row['loads']} | {row['loads_per_request']} | {row['router_cpu_s']} |"
         )
     co = data["co_residency"]
     lines += [
