@@ -12,6 +12,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make demo   - router on 127.0.0.1:8002 with two tiny llama.cpp models (no GPU, no root)"
 	@echo "make test   - lint + all tests (what CI runs)"
+	@echo "make e2e    - a real Open-WebUI against the demo router (part of make test)"
 	@echo "make lint   - ruff, ansible-lint, playbook syntax check"
 	@echo "make bench  - benchmarks; writes docs/benchmarks.md"
 	@echo "make gpu-smoke - on a real NVIDIA host: converge the role, one small model per engine (not in test)"
@@ -70,7 +71,16 @@ check-engines: $(STAMP)
 test: lint llama-server
 	LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" $(BIN)/python -m pytest -q -ra
 	$(MAKE) check-engines
+	$(MAKE) e2e
 	$(MAKE) molecule
+
+# A real Open-WebUI 0.12.4 (own venv, installed once into ~/.cache/llm-router) in front of the demo router.
+.PHONY: e2e
+e2e: $(STAMP) llama-server
+	set -e; venv="$$(scripts/openwebui-venv.sh)"; \
+	llama_bin="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)"; \
+	OPENWEBUI_VENV="$$venv" LLAMA_SERVER_BIN="$$llama_bin" LLM_ROUTER_E2E=1 \
+		$(BIN)/python -m pytest tests/e2e -v -p no:cacheprovider
 
 # Benchmarks (not part of `make test`): writes docs/benchmarks.md.
 bench: $(STAMP) llama-server

@@ -17,6 +17,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import httpx
 import pytest
 
 from router_app.devtools.demo import DEMO_MAX_TOKENS, DEMO_MODELS, write_demo
-from tests.conftest import ROOT, RouterProcess, wait_until
+from tests.conftest import ROOT, RouterProcess, pid_alive, wait_until
 
 HERE = Path(__file__).resolve().parent
 MODELS = [model_id for model_id, _seed, _aliases in DEMO_MODELS]
@@ -163,7 +164,11 @@ def stack(llama_server_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        engines = [m.get("supervisor", "") for m in router.health()["models"]] if router.proc.poll() is None else []
         router.stop()
+        for pid in (int(s.removeprefix("pid ")) for s in engines if s and s.startswith("pid ")):
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_signup_admin(stack: Stack) -> None:
@@ -265,9 +270,28 @@ def test_eject_through_openwebui(stack: Stack) -> None:
 
 
 def test_load_through_openwebui(stack: Stack) -> None:
-    """The load button: POST /openai/models/0/load -> the router's POST /models/load."""
+    """The load button: POST /openai/models/0/load -> the router's POST /models/load; the admin page's live view,
+    GET /openai/models/0/sse (the router's /models/sse relayed), sees the model become loaded."""
     target = MODELS[0]
+    events: list[dict] = []
+    subscribed = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", stack.url + "/openai/models/0/sse", headers=stack.headers, timeout=60) as stream:
+            subscribed.set()
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    if events[-1].get("model") == target and events[-1]["data"].get("status") == "loaded":
+                        return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert subscribed.wait(30), "Open-WebUI's /openai/models/0/sse did not answer"
     response = stack.post("/openai/models/0/load", {"model": target})
     assert response.status_code == 200, response.text
     wait_until(lambda: stack.router_loaded() == {target}, f"router to load {target}", timeout=60)
     wait_loaded_view(stack, {target})
+    listener.join(30)
+    print(f"SSE through Open-WebUI: {events}")
+    assert any(e.get("model") == target and e["data"].get("status") == "loaded" for e in events), events
