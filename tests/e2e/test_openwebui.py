@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from router_app.devtools.demo import DEMO_MAX_TOKENS, DEMO_MODELS, write_demo
 from tests.conftest import ROOT, RouterProcess, pid_alive, wait_until
@@ -93,8 +94,8 @@ class Stack:
         return json.loads(result.stdout)
 
 
-def openwebui_env(data_dir: Path, router_url: str) -> dict[str, str]:
-    """Offline Open-WebUI against the router, provider "llama.cpp" (see docs: shared/research/openwebui-client.md)."""
+def openwebui_env(data_dir: Path, router_url: str, key: str) -> dict[str, str]:
+    """Offline Open-WebUI (no hub downloads, no telemetry, no side tasks) on the router, provider "llama.cpp"."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "WEBUI_", "VIRTUAL_ENV"))}
     env.update(
         DATA_DIR=str(data_dir),
@@ -106,7 +107,7 @@ def openwebui_env(data_dir: Path, router_url: str) -> dict[str, str]:
         ENABLE_OLLAMA_API="false",
         ENABLE_OPENAI_API="true",
         OPENAI_API_BASE_URLS=router_url + "/v1",
-        OPENAI_API_KEYS="",
+        OPENAI_API_KEYS=key,
         OPENAI_API_CONFIGS=json.dumps({"0": {"provider": "llama.cpp"}}),
         RAG_EMBEDDING_ENGINE="openai",
         ENABLE_TITLE_GENERATION="false",
@@ -127,6 +128,14 @@ def stack(llama_server_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     venv = openwebui_venv()
     work = tmp_path_factory.mktemp("e2e")
     config_path = write_demo(work / "demo", llama_server_bin, port=0)
+    # Keys on, as deployed: Open-WebUI holds a client key, which router.model_control (default "clients") lets
+    # load and unload; an admin key exists but Open-WebUI does not get it.
+    client_key, admin_key = secrets.token_hex(16), secrets.token_hex(16)
+    (work / "client.keys").write_text(client_key + "\n")
+    (work / "admin.key").write_text(admin_key + "\n")
+    config = yaml.safe_load(config_path.read_text())
+    config["router"].update(api_key_files=[str(work / "client.keys")], admin_key_file=str(work / "admin.key"))
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     router = RouterProcess(config_path)
     data_dir = work / "openwebui"
     data_dir.mkdir()
@@ -135,7 +144,7 @@ def stack(llama_server_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     with log.open("w") as out:
         proc = subprocess.Popen(
             [str(venv / "bin" / "open-webui"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=openwebui_env(data_dir, router.url),
+            env=openwebui_env(data_dir, router.url, client_key),
             cwd=work,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -184,6 +193,8 @@ def test_signup_admin(stack: Stack) -> None:
 
 
 def test_models_listed(stack: Stack) -> None:
+    # The router wants a key here (so Open-WebUI's own client key is what lists, loads and ejects below).
+    assert httpx.get(stack.router.url + "/v1/models", timeout=10).status_code == 401
     models = stack.owui_models()
     for model_id in MODELS:
         assert model_id in models, sorted(models)
