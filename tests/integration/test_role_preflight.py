@@ -10,9 +10,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOK = ROOT / "playbooks" / "llm_router.yml"
@@ -23,7 +25,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def preflight(tmp_path: Path, **host_vars) -> subprocess.CompletedProcess[str]:
+def preflight(tmp_path: Path, *args: str, **host_vars) -> subprocess.CompletedProcess[str]:
+    """Runs preflight; render-only (no weights on this machine) unless the test sets llm_router_render_only."""
+    host_vars.setdefault("llm_router_render_only", True)
     inventory = tmp_path / "hosts.json"
     inventory.write_text(
         json.dumps(
@@ -57,6 +61,7 @@ def preflight(tmp_path: Path, **host_vars) -> subprocess.CompletedProcess[str]:
             "llm_router_preflight",
             "-e",
             "ansible_become=false",
+            *args,
         ],
         capture_output=True,
         text=True,
@@ -199,8 +204,8 @@ def test_duplicate_ports_and_names(tmp_path: Path) -> None:
         tmp_path,
         llm_router_accelerator="cpu",
         llm_router_models=[
-            {"id": "a", "backend": "llamacpp", "model": "x"},
-            {"id": "A", "backend": "llamacpp", "model": "y"},
+            {"id": "a", "backend": "llamacpp", "model": "/srv/x.gguf"},
+            {"id": "A", "backend": "llamacpp", "model": "/srv/y.gguf"},
         ],
     )
     assert result.returncode != 0 and "clashes with model" in result.stdout
@@ -226,3 +231,93 @@ def test_good_inventory_passes(tmp_path: Path) -> None:
         ],
     )
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_unknown_model_key_names_the_key_and_the_model(tmp_path: Path) -> None:
+    """Refused before the role's argument validation (whose message names no model), also in check mode."""
+    models = [
+        {"id": "good", "backend": "llamacpp", "model": "/srv/g.gguf"},
+        {"id": "typo", "backend": "vllm", "model": "/srv/v", "tensor_paralel": 2},
+    ]
+    result = preflight(tmp_path, "--check", **HOPPER, llm_router_models=models)
+    assert result.returncode != 0
+    assert "model 'typo': unknown key 'tensor_paralel' (did you mean 'tensor_parallel'?)" in result.stdout, (
+        result.stdout[-3000:]
+    )
+
+
+def test_backend_options_and_gpus_are_cross_checked(tmp_path: Path) -> None:
+    result = preflight(
+        tmp_path,
+        **HOPPER,
+        llm_router_models=[
+            {"id": "q", "backend": "sglang", "model": "/srv/q", "gpus": "0,1", "tensor_parallel": 2},
+            {"id": "g", "backend": "llamacpp", "model": "/srv/g.gguf", "evict": "sleep"},
+        ],
+    )
+    assert result.returncode != 0
+    out = result.stdout
+    # HOPPER lists one GPU: index 1 does not exist.
+    assert "model 'q': gpus '0,1' names GPU 1, but this host has 1 GPU(s)" in out, out[-3000:]
+    assert "model 'g': evict 'sleep' on backend llamacpp" in out
+
+
+def test_missing_weights_are_refused_with_their_path(tmp_path: Path) -> None:
+    missing = "/srv/llm-router-test-missing/tiny.gguf"
+    for check in ([], ["--check"]):
+        result = preflight(
+            tmp_path,
+            *check,
+            llm_router_render_only=False,
+            llm_router_accelerator="cpu",
+            llm_router_models=[{"id": "tiny", "backend": "llamacpp", "model": missing}],
+        )
+        assert result.returncode != 0
+        assert f"model 'tiny': weights {missing} not found on this host" in result.stdout, result.stdout[-3000:]
+
+
+def test_weights_under_home_are_refused(tmp_path: Path) -> None:
+    """The model unit's ProtectHome=yes hides /home from the engine, even when the file is there."""
+    result = preflight(
+        tmp_path,
+        llm_router_accelerator="cpu",
+        llm_router_models=[{"id": "h", "backend": "llamacpp", "model": "/home/alice/models/h.gguf"}],
+    )
+    assert result.returncode != 0
+    assert "model 'h': weights /home/alice/models/h.gguf are under /home (ProtectHome=yes" in result.stdout, (
+        result.stdout[-3000:]
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runuser needs root")
+def test_weights_the_engine_user_cannot_read_are_refused(tmp_path: Path) -> None:
+    """`test -r` as the engine user (here `nobody`): a root-only directory hides the file."""
+    private = Path(tempfile.mkdtemp(dir=ROOT / ".pytest_cache" if (ROOT / ".pytest_cache").is_dir() else ROOT))
+    try:
+        weights = private / "w.gguf"
+        weights.write_bytes(b"GGUF")
+        private.chmod(0o700)
+        result = preflight(
+            tmp_path,
+            llm_router_render_only=False,
+            llm_router_accelerator="cpu",
+            llm_router_engine_user="nobody",
+            llm_router_models=[{"id": "w", "backend": "llamacpp", "model": str(weights)}],
+        )
+        assert result.returncode != 0
+        assert f"model 'w': weights {weights} are not readable by the engine user nobody" in result.stdout, (
+            result.stdout[-3000:]
+        )
+    finally:
+        shutil.rmtree(private)
+
+
+def test_molecule_hosts_pass_preflight_in_check_mode(tmp_path: Path) -> None:
+    """Both Molecule hosts' inventories pass the schema and weights checks (the CPU host's GGUF files come
+    by `source:`, the render-only GPU host has no weights)."""
+    text = (ROOT / "molecule/default/molecule.yml").read_text()
+    text = text.replace("${MOLECULE_MODELS_DIR}", str(tmp_path)).replace("${LLAMACPP_ARCHIVE}", "/nonexistent.tar.gz")
+    hosts = yaml.safe_load(text)["provisioner"]["inventory"]["host_vars"]
+    for name, host_vars in hosts.items():
+        result = preflight(tmp_path, "--check", **{"llm_router_render_only": False, **host_vars})
+        assert result.returncode == 0, (name, result.stdout[-3000:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -510,7 +511,210 @@ def test_router_config_carries_placement_and_lifecycle_keys() -> None:
     )
     config = filters.router_config(models, {"state_dir": "/var/lib/llm-router/router"}, "/etc/llm-router")
     parse_config({**config, "router": {**config["router"], "supervisor": "systemd"}})  # the router accepts it
-    q, l = config["models"]
+    q, llama = config["models"]
     assert q["devices"] == ["0", "1"] and q["memory"] == "40GiB" and q["pinned"] is True
     assert q["weights"] == "/srv/q" and "ttl_s" not in q
-    assert l["context_length"] == 8192 and l["ttl_s"] == 600 and l["weights"] == "/srv/l.gguf" and "devices" not in l
+    assert llama["context_length"] == 8192 and llama["ttl_s"] == 600
+    assert llama["weights"] == "/srv/l.gguf" and "devices" not in llama
+
+
+_schema_spec = importlib.util.spec_from_file_location(
+    "llm_router_schema", ROOT / "roles/llm_router/filter_plugins/llm_router_schema.py"
+)
+schema = importlib.util.module_from_spec(_schema_spec)
+_schema_spec.loader.exec_module(schema)
+
+
+def test_argument_specs_describe_every_model_key() -> None:
+    """meta/argument_specs.yml mirrors the filter's schema down to each model key, with a type for each."""
+    specs = yaml.safe_load((ROOT / "roles/llm_router/meta/argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]["llm_router_models"]["options"]
+    assert set(options) == set(schema.MODEL_KEYS)
+    assert all("type" in o and o.get("description") for o in options.values())
+    assert options["backend"]["choices"] == list(schema.BACKENDS) and schema.BACKENDS == filters.BACKENDS
+    assert options["evict"]["choices"] == ["stop", "sleep"]
+    # Every key the normalize/config filters read is in the schema.
+    assert set(filters.ROUTER_MODEL_KEYS) <= set(schema.MODEL_KEYS)
+
+
+def errors(models, acc="cuda", count=2, known=True):
+    return schema.model_errors(models, acc, count, known)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (
+            {"id": "m", "backend": "vllm", "model": "/srv/m", "contxt_length": 8192},
+            "model 'm': unknown key 'contxt_length' (did you mean 'context_length'?)",
+        ),
+        ({"id": "m", "backend": "vllm", "model": "/srv/m", "gpu": "0"}, "model 'm': unknown key 'gpu'"),
+        (
+            {"id": "m", "backend": "llamacpp", "model": "/srv/m.gguf", "evict": "sleep"},
+            "model 'm': evict 'sleep' on backend llamacpp: llama.cpp has no sleep endpoint. Fix: evict: stop",
+        ),
+        (
+            {"id": "m", "backend": "llamacpp", "model": "/srv/m.gguf", "tensor_parallel": 2},
+            "model 'm': 'tensor_parallel' has no effect on backend llamacpp (only sglang, vllm, tabbyapi). Fix: remove",
+        ),
+        (
+            {"id": "m", "backend": "vllm", "model": "/srv/m", "gpu_split": [1, 1]},
+            "model 'm': 'gpu_split' has no effect on backend vllm",
+        ),
+        (
+            {"id": "m", "backend": "sglang", "model": "/srv/m", "cache_mode": "Q8"},
+            "model 'm': 'cache_mode' has no effect on backend sglang (only tabbyapi)",
+        ),
+        (
+            {"id": "m", "backend": "tabbyapi", "model": "/srv/m", "quantization": "awq"},
+            "model 'm': 'quantization' has no effect on backend tabbyapi",
+        ),
+        (
+            {"id": "m", "backend": "openai", "url": "https://x/v1", "port": 9000},
+            "model 'm': 'port' has no effect on backend openai",
+        ),
+        (
+            {"id": "m", "backend": "tabbyapi", "model": "/srv/m", "format": "gguf"},
+            "model 'm': format 'gguf' cannot be served by tabbyapi",
+        ),
+        (
+            {"id": "m", "backend": "sglang", "model": "/srv/m", "gpus": "0,1", "tensor_parallel": 4},
+            "model 'm': tensor_parallel 4 needs 4 GPUs but gpus '0,1' has 2. Fix:",
+        ),
+        (
+            {"id": "m", "backend": "vllm", "model": "/srv/m", "gpus": "0,1", "tensor_parallel": 1},
+            "model 'm': tensor_parallel 1 uses 1 GPU(s) but gpus '0,1' reserves 2. Fix: set tensor_parallel: 2",
+        ),
+        (
+            {"id": "m", "backend": "vllm", "model": "/srv/m", "tensor_parallel": 4},
+            "model 'm': tensor_parallel 4 needs 4 GPUs but this host has 2",
+        ),
+        (
+            {"id": "m", "backend": "vllm", "model": "/srv/m", "gpus": "0,2"},
+            "model 'm': gpus '0,2' names GPU 2, but this host has 2 GPU(s) (indices 0..1",
+        ),
+        ({"id": "m", "backend": "vllm", "model": "/srv/m", "gpus": "0,0"}, "lists a GPU twice"),
+        ({"id": "m", "backend": "vllm", "model": "/srv/m", "gpus": "a"}, "a is not a GPU index"),
+        (
+            {"id": "m", "backend": "llamacpp", "model": "/srv/m.gguf", "gpus": "0", "gpu_split": [1, 1]},
+            "model 'm': gpu_split has 2 entries but the model sees 1 GPU(s)",
+        ),
+        (
+            {"id": "m", "backend": "llamacpp", "model": "/home/me/m.gguf"},
+            "model 'm': weights /home/me/m.gguf are under /home (ProtectHome=yes in llm-model@.service)",
+        ),
+        ({"id": "m", "backend": "tabbyapi", "model": "/tmp/m"}, "are under /tmp (PrivateTmp=yes"),
+        ({"id": "m", "backend": "llamacpp", "model": "m.gguf"}, "model 'm.gguf' must be an absolute path"),
+        ({"id": "m", "backend": "vllm", "model": "not a name"}, "neither an absolute path nor a Hugging Face name"),
+        (
+            {"id": "m", "backend": "llamacpp", "model": "/srv/m.gguf", "checksum": "sha256:00"},
+            "'checksum' verifies a download: it needs a URL in 'source'",
+        ),
+        ({"backend": "vllm", "model": "/srv/m"}, "llm_router_models[0]: 'id' is required"),
+        ({"id": "m", "backend": "ollama"}, "model 'm': backend 'ollama'; set 'backend' to one of"),
+    ],
+)
+def test_model_errors_name_the_model_the_key_and_the_fix(model, message) -> None:
+    found = errors([model])
+    assert any(message in e for e in found), found
+
+
+def test_model_errors_on_cpu_hosts_and_without_a_gpu_count() -> None:
+    gpu_keys = {"id": "m", "backend": "llamacpp", "model": "/srv/m.gguf", "gpus": "0", "gpu_layers": 99}
+    found = errors([gpu_keys], acc="cpu")
+    assert found == [
+        "model 'm': 'gpus' on a CPU host (llm_router_accelerator: cpu) has no GPU to use. Fix: remove it.",
+        "model 'm': 'gpu_layers' on a CPU host (llm_router_accelerator: cpu) has no GPU to use. Fix: remove it.",
+    ]
+    # nvidia-smi not read yet (the playbook's early check): indices are not compared with a count.
+    assert errors([{"id": "m", "backend": "vllm", "model": "/srv/m", "gpus": "7"}], count=0, known=False) == []
+
+
+def test_valid_models_pass_and_gpus_may_be_a_list() -> None:
+    models = [
+        {"id": "q", "backend": "sglang", "model": "Qwen/Qwen2.5-7B-Instruct", "gpus": [0, 1], "tensor_parallel": 2},
+        {
+            "id": "v",
+            "backend": "vllm",
+            "model": "/srv/v",
+            "gpus": "0,1",
+            "tensor_parallel": 1,
+            "extra_args": ["--pipeline-parallel-size", "2"],
+        },
+        {"id": "u", "backend": "vllm", "model": "/srv/u", "gpus": "GPU-5f1c0c5e-aaaa"},
+        {
+            "id": "t",
+            "backend": "tabbyapi",
+            "model": "/srv/t-exl2",
+            "format": "EXL2",
+            "gpu_split": [20, 24],
+            "cache_mode": "Q8",
+        },
+        {
+            "id": "g",
+            "backend": "llamacpp",
+            "model": "/srv/g.gguf",
+            "source": "https://x/g.gguf",
+            "checksum": "sha256:0",
+        },
+        {"id": "r", "backend": "openai", "url": "https://x/v1", "api_key_file": "/etc/k", "aliases": ["remote"]},
+    ]
+    assert errors(models) == []
+    assert normalize(models[:1])[0]["env"]["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert schema.local_weights(models) == [
+        {"id": "v", "path": "/srv/v"},
+        {"id": "u", "path": "/srv/u"},
+        {"id": "t", "path": "/srv/t-exl2"},
+    ]
+    assert [w["id"] for w in schema.local_weights(models, fetched=True)] == ["v", "u", "t", "g"]
+
+
+def test_weights_and_access_errors_from_task_results() -> None:
+    stats = [
+        {"item": {"id": "a", "path": "/srv/a"}, "stat": {"exists": True}},
+        {"item": {"id": "b", "path": "/srv/b"}, "stat": {"exists": False}},
+        {"item": {"id": "c", "path": "/srv/c"}, "skipped": True},
+    ]
+    assert schema.weights_errors(stats) == [
+        "model 'b': weights /srv/b not found on this host. Fix: copy them there (see docs/provisioning.md "
+        "'Where weights live'), set 'source' to fetch a single file, or correct 'model'."
+    ]
+    access = [{"item": {"id": "a", "path": "/srv/a"}, "rc": 1}, {"item": {"id": "b", "path": "/srv/b"}, "rc": 0}]
+    (message,) = schema.access_errors(access, "llm-engine")
+    assert message.startswith("model 'a': weights /srv/a are not readable by the engine user llm-engine")
+
+
+def _molecule_hosts() -> dict[str, dict]:
+    text = (ROOT / "molecule/default/molecule.yml").read_text()
+    text = text.replace("${MOLECULE_MODELS_DIR}", "/tmp/models").replace("${LLAMACPP_ARCHIVE}", "/tmp/a.tar.gz")
+    return yaml.safe_load(text)["provisioner"]["inventory"]["host_vars"]
+
+
+def test_shipped_inventories_pass_the_schema() -> None:
+    """Molecule's hosts, the example inventory and the GPU smoke models pass the model checks."""
+    for host in _molecule_hosts().values():
+        caps = host.get("llm_router_gpu_compute_capabilities", [])
+        assert schema.model_errors(host["llm_router_models"], host["llm_router_accelerator"], len(caps), True) == []
+    example = yaml.safe_load((ROOT / "inventories/example/group_vars/llm_router.yml").read_text())
+    for key in ("llm_router_models_hopper", "llm_router_models_blackwell"):
+        assert schema.model_errors(example[key], "cuda", 2, True) == [], key
+    spec = importlib.util.spec_from_file_location("gpu_smoke", ROOT / "scripts/gpu_smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_smoke"] = smoke
+    spec.loader.exec_module(smoke)
+    entries = [s.entry for s in smoke.smoke_models(Path("/srv/llm-models/smoke"))]
+    assert schema.model_errors(entries, "cuda", 1, True) == []
+
+
+def test_tasks_that_handle_secrets_have_no_log() -> None:
+    """Generated keys, slurped key files and files rendered with a key never show in output or --diff."""
+    secret = re.compile(r"ansible\.builtin\.password|api-keys|admin\.key|api_tokens|openwebui\.env|_key\b")
+    found = []
+    for path in sorted((ROOT / "roles/llm_router/tasks").glob("*.yml")):
+        for task in yaml.safe_load(path.read_text()) or []:
+            module = next((k for k in task if k.startswith("ansible.builtin.")), "")
+            if module not in ("ansible.builtin.copy", "ansible.builtin.slurp", "ansible.builtin.template"):
+                continue
+            if secret.search(json.dumps(task[module])) and task.get("no_log") is not True:
+                found.append(f"{path.name}: {task['name']}")
+    assert found == []

@@ -417,12 +417,18 @@ GPU_BACKENDS = ("sglang", "vllm", "tabbyapi")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def _gpu_list(value: Any) -> list[str]:
+    """gpus as given ("0,1", 0, [0, 1]) -> ["0", "1"]."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(g).strip() for g in items if str(g).strip()]
+
+
 def _gpu_set(model: dict[str, Any]) -> set[str] | None:
     """The CUDA_VISIBLE_DEVICES of a model as a set; None means all GPUs."""
-    gpus = model.get("gpus")
-    if gpus is None or str(gpus).strip() == "":
-        return None
-    return {g.strip() for g in str(gpus).split(",") if g.strip()}
+    gpus = _gpu_list(model.get("gpus"))
+    return set(gpus) if gpus else None
 
 
 def _shares_gpus(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -471,6 +477,8 @@ def normalize_models(
             if name in seen and seen[name] != model["id"]:
                 raise FilterError(f"{where}: name {name!r} clashes with model {seen[name]!r}")
             seen[name] = model["id"]
+        if model.get("gpus") is not None:
+            model["gpus"] = ",".join(_gpu_list(model["gpus"]))  # "0,1", 0 and [0, 1] alike
         model.setdefault("served_name", model["id"])
         model.setdefault("evict", "stop")
         model.setdefault("group", "default")
@@ -520,6 +528,9 @@ ROUTER_MODEL_KEYS = (
     "preload",
     "ttl_s",
     "on_abandon",
+    "defaults",
+    "overrides",
+    "strip",
 )
 
 
