@@ -291,25 +291,31 @@ def test_weights_under_home_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runuser needs root")
 def test_weights_the_engine_user_cannot_read_are_refused(tmp_path: Path) -> None:
-    """`test -r` as the engine user (here `nobody`): a root-only directory hides the file."""
-    private = Path(tempfile.mkdtemp(dir=ROOT / ".pytest_cache" if (ROOT / ".pytest_cache").is_dir() else ROOT))
+    """`test -r` as the engine user (here `nobody`): a root-only directory hides the file, an open one does not.
+    Under /srv: the checkout may be under /home and pytest's tmp_path under /tmp, both refused for weights."""
+    Path("/srv").mkdir(exist_ok=True)
+    top = Path(tempfile.mkdtemp(prefix="llm-router-test-", dir="/srv"))
     try:
-        weights = private / "w.gguf"
-        weights.write_bytes(b"GGUF")
-        private.chmod(0o700)
-        result = preflight(
-            tmp_path,
-            llm_router_render_only=False,
-            llm_router_accelerator="cpu",
-            llm_router_engine_user="nobody",
-            llm_router_models=[{"id": "w", "backend": "llamacpp", "model": str(weights)}],
-        )
-        assert result.returncode != 0
-        assert f"model 'w': weights {weights} are not readable by the engine user nobody" in result.stdout, (
-            result.stdout[-3000:]
-        )
+        top.chmod(0o755)
+        for mode, readable in ((0o700, False), (0o755, True)):
+            folder = top / f"{mode:o}"
+            folder.mkdir(mode=mode)
+            folder.chmod(mode)
+            weights = folder / "w.gguf"
+            weights.write_bytes(b"GGUF")
+            weights.chmod(0o644)
+            result = preflight(
+                tmp_path,
+                llm_router_render_only=False,
+                llm_router_accelerator="cpu",
+                llm_router_engine_user="nobody",
+                llm_router_models=[{"id": "w", "backend": "llamacpp", "model": str(weights)}],
+            )
+            message = f"model 'w': weights {weights} are not readable by the engine user nobody"
+            assert (result.returncode == 0) == readable, result.stdout[-3000:]
+            assert (message in result.stdout) != readable, result.stdout[-3000:]
     finally:
-        shutil.rmtree(private)
+        shutil.rmtree(top)
 
 
 def test_molecule_hosts_pass_preflight_in_check_mode(tmp_path: Path) -> None:

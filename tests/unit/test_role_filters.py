@@ -526,9 +526,12 @@ _schema_spec.loader.exec_module(schema)
 
 
 def test_argument_specs_describe_every_model_key() -> None:
-    """meta/argument_specs.yml mirrors the filter's schema down to each model key, with a type for each."""
+    """meta/argument_specs.yml mirrors defaults/main.yml, and the filter's schema down to each model key."""
     specs = yaml.safe_load((ROOT / "roles/llm_router/meta/argument_specs.yml").read_text())
-    options = specs["argument_specs"]["main"]["options"]["llm_router_models"]["options"]
+    top = specs["argument_specs"]["main"]["options"]
+    defaults = yaml.safe_load((ROOT / "roles/llm_router/defaults/main.yml").read_text())
+    assert set(top) == set(defaults) and all(top[k].get("default") == v for k, v in defaults.items())
+    options = top["llm_router_models"]["options"]
     assert set(options) == set(schema.MODEL_KEYS)
     assert all("type" in o and o.get("description") for o in options.values())
     assert options["backend"]["choices"] == list(schema.BACKENDS) and schema.BACKENDS == filters.BACKENDS
