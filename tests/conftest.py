@@ -157,11 +157,14 @@ def start_router(tmp_path: Path) -> Iterator[Any]:
     for router in routers:
         pids = []
         if router.proc.poll() is None:
-            pids = [
-                int(m["supervisor"].removeprefix("pid "))
-                for m in router.health()["models"]
-                if m["state"] != "stopped" and m.get("supervisor", "").startswith("pid ")
-            ]
+            try:
+                pids = [
+                    int(m["supervisor"].removeprefix("pid "))
+                    for m in router.health()["models"]
+                    if m["state"] != "stopped" and m.get("supervisor", "").startswith("pid ")
+                ]
+            except (httpx.HTTPError, ValueError, KeyError):  # a broken /health must not leave the router running
+                pass
         router.stop()
         for pid in pids:
             assert not pid_alive(pid), f"engine pid {pid} outlived the router"
