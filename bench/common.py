@@ -89,7 +89,10 @@ def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = 
 
 @contextmanager
 def process(argv: list[str], **kwargs: Any) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+    """A process for the duration of a `with` block (output discarded unless stdout/stderr are given)."""
+    kwargs.setdefault("stdout", subprocess.DEVNULL)
+    kwargs.setdefault("stderr", subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, **kwargs)
     try:
         yield proc
     finally:

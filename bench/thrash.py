@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_seconds, free_port, llama_server, pct, router, wait_http
+from common import cpu_seconds, free_port, llama_server, pct, process, router, wait_http
 
 ENGINE_FLAGS = ["-c", "2048", "-np", "1", "-t", "1", "--no-webui"]
 MODELS = ("tiny-a", "tiny-b")
@@ -168,25 +168,15 @@ def run_llamacpp_router(binary: str, models_dir: Path, seed: int, clients: int, 
     cache = work / "empty-cache"
     cache.mkdir(exist_ok=True)
     argv = [binary, "--models-dir", str(models_dir), "--models-max", "1", "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            argv + ENGINE_FLAGS,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={"LLAMA_CACHE": str(cache), "PATH": "/usr/bin"},
-        )
-        try:
-            wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
-            cpu = cpu_seconds(proc.pid)
-            asyncio.run(workload(f"http://127.0.0.1:{port}", result, clients, requests))
-            result.router_cpu_s = cpu_seconds(proc.pid) - cpu
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    env = {"LLAMA_CACHE": str(cache), "PATH": "/usr/bin"}
+    with (
+        log_path.open("wb") as log,
+        process([*argv, *ENGINE_FLAGS], stdout=log, stderr=subprocess.STDOUT, env=env) as proc,
+    ):
+        wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+        cpu = cpu_seconds(proc.pid)
+        asyncio.run(workload(f"http://127.0.0.1:{port}", result, clients, requests))
+        result.router_cpu_s = cpu_seconds(proc.pid) - cpu
     result.loads = log_path.read_text(errors="replace").count("spawning server instance with name=")
     return result
 

@@ -99,7 +99,8 @@ def gguf_kv_cache_bytes(meta: dict[str, Any], context: int) -> int:
     return layers * int(kv_heads) * (key_dim + value_dim) * context * 2
 
 
-def _option(argv: Sequence[str], *names: str) -> str | None:
+def command_option(argv: Sequence[str], *names: str) -> str | None:
+    """The value of the first of `names` in an argv (`--name value` or `--name=value`)."""
     for index, arg in enumerate(argv):
         for name in names:
             if arg == name and index + 1 < len(argv):
@@ -113,7 +114,7 @@ def weights_of(model: ModelConfig) -> Path | None:
     """The model's weights: `weights`, else the `-m/--model` (llama.cpp) or `--model-path` argument."""
     if model.weights is not None:
         return model.weights
-    found = _option(model.command or [], "-m", "--model", "--model-path")
+    found = command_option(model.command or [], "-m", "--model", "--model-path")
     return Path(found) if found else None
 
 
@@ -135,7 +136,7 @@ def estimate_footprint(model: ModelConfig, capacity: int | None, devices: int) -
     try:
         if path.is_file() and path.suffix == ".gguf":
             meta = gguf_metadata(path)
-            context = model.context_length or _int(_option(model.command or [], "-c", "--ctx-size"))
+            context = model.context_length or _int(command_option(model.command or [], "-c", "--ctx-size"))
             if not context:
                 arch = meta.get("general.architecture", "llama")
                 context = int(meta.get(f"{arch}.context_length", 4096))

@@ -24,12 +24,17 @@ class ConnectionPolicy:
 
 
 def connection_policy(model: ModelConfig) -> ConnectionPolicy:
-    """llama-server serves each connection on one thread of a pool and keeps an idle keep-alive connection
-    for 5 s (cpp-httplib, vendored in llama.cpp b11312: `CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND 5`,
-    `ThreadPool::enqueue` spawns a thread only when none is idle at that instant). Idle pooled connections
-    therefore pin its threads, and a burst of new connections waits 5 s behind them: the stalls after every
-    switch (docs/benchmarks.md). No keep-alive to llama-server: each request is one connection, closed with
-    its answer. The Python engines (vLLM, SGLang, TabbyAPI: uvicorn/asyncio) keep connections alive."""
+    """No keep-alive to llama-server; keep-alive to the Python engines (vLLM, SGLang, TabbyAPI: uvicorn/asyncio).
+
+    llama-server serves each connection on one thread of a pool and keeps an idle keep-alive connection for 5 s
+    (cpp-httplib, vendored in b11312: `CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND 5`; `ThreadPool::enqueue` adds a
+    thread only when none is idle at that instant), so idle pooled connections made requests wait 5 s behind
+    parked threads: the stalls after every switch (docs/benchmarks.md). A pool capped below its fixed threads
+    (max(n_parallel + 4, cores - 1), server-http.cpp:149-152) would avoid that, but llama-server b11312 closes
+    connections after streamed answers although it announces keep-alive, and a capped pool hands such a
+    connection on at once: 30-45 % of mixed
+    requests failed with "Cannot write to closing transport" (reproduced with aiohttp alone). One connection per
+    request costs about 0.6 ms (bench/latency.py) and fails nothing."""
     return ConnectionPolicy(keep_alive=model.backend is not Backend.LLAMACPP)
 
 

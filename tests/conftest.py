@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -157,14 +158,13 @@ def start_router(tmp_path: Path) -> Iterator[Any]:
     for router in routers:
         pids = []
         if router.proc.poll() is None:
-            try:
+            # A broken /health must not leave the router running.
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                 pids = [
                     int(m["supervisor"].removeprefix("pid "))
                     for m in router.health()["models"]
                     if m["state"] != "stopped" and m.get("supervisor", "").startswith("pid ")
                 ]
-            except (httpx.HTTPError, ValueError, KeyError):  # a broken /health must not leave the router running
-                pass
         router.stop()
         for pid in pids:
             assert not pid_alive(pid), f"engine pid {pid} outlived the router"

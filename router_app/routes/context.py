@@ -6,7 +6,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.responses import Response
+
 from ..config import Config, ModelConfig
+from ..errors import json_error
 from ..metrics import RouterMetrics
 from ..runtime import ModelRuntime
 from ..switcher import Switcher
@@ -22,6 +25,10 @@ class RouterContext:
 
     def find(self, name: str) -> ModelConfig | None:
         return self.config.find(name)
+
+    @staticmethod
+    def unknown_model(name: str) -> Response:
+        return json_error(404, f"The model '{name}' does not exist", "invalid_request_error", code="model_not_found")
 
     def model_health(self, model_id: str) -> dict[str, Any]:
         runtime = self.runtimes[model_id]

@@ -8,7 +8,6 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import JSONResponse, Response
 
-from ..errors import json_error
 from .context import RouterContext
 
 
@@ -75,9 +74,7 @@ def model_routes(ctx: RouterContext) -> APIRouter:
     async def get_model(model_id: str) -> Response:
         model = ctx.find(model_id)
         if model is None:
-            return json_error(
-                404, f"The model '{model_id}' does not exist", "invalid_request_error", code="model_not_found"
-            )
+            return ctx.unknown_model(model_id)
         return JSONResponse(model_entry(ctx, model.id))
 
     return router

@@ -9,7 +9,6 @@ from fastapi import APIRouter
 from starlette.responses import JSONResponse, Response
 
 from .. import __version__
-from ..errors import json_error
 from ..metrics import CONTENT_TYPE_LATEST
 from ..runtime import ModelState
 from .context import RouterContext
@@ -46,9 +45,7 @@ def status_routes(ctx: RouterContext) -> APIRouter:
     async def health_model(model_id: str) -> Response:
         model = ctx.find(model_id)
         if model is None:
-            return json_error(
-                404, f"The model '{model_id}' does not exist", "invalid_request_error", code="model_not_found"
-            )
+            return ctx.unknown_model(model_id)
         return JSONResponse(ctx.model_health(model.id))
 
     @router.get("/running")

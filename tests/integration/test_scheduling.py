@@ -56,8 +56,9 @@ def budget(capacity: str) -> dict:
 
 
 def test_no_stall_after_switches_with_many_clients(start_router, llama_server_bin, models_dir) -> None:
-    """The 5 s stalls: idle keep-alive connections pinned llama-server's HTTP threads (cpp-httplib keeps one 5 s),
-    so requests granted right after a switch waited 5 s for a thread. The router now keeps none open."""
+    """The 5 s stalls: idle pooled keep-alive connections pinned llama-server's HTTP threads (cpp-httplib parks a
+    thread 5 s on an idle connection), so requests granted right after a switch waited 5 s for a thread. The
+    router now keeps no idle connection to llama-server."""
     models = [llama_model(llama_server_bin, models_dir / f"tiny-{x}.gguf", f"tiny-{x}", ctx=512) for x in ("a", "b")]
     router = start_router(models, fairness_s=0.5)
 
