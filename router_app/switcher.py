@@ -23,6 +23,8 @@ from .metrics import RouterMetrics
 from .placement import format_bytes
 from .runtime import ModelRuntime, ModelState, SwitchError
 from .scheduler import CancelLoad, Effect, Evict, Fail, Grant, Load, ModelSpec, Phase, Scheduler
+from .switch_reload import Reconfiguration
+from .switch_report import StatusReport
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,9 @@ class Ticket:
                 self.granted.cancel()
 
 
-class Switcher:
-    """Owns the scheduler, the model runtimes and the load/evict tasks."""
+class Switcher(StatusReport, Reconfiguration):
+    """Owns the scheduler, the model runtimes and the load/evict tasks (status views: `switch_report`; config
+    reload: `switch_reload`)."""
 
     def __init__(
         self,
@@ -188,38 +191,6 @@ class Switcher:
             if self.scheduler.manages(model) and self.scheduler.phase(model) is Phase.STOPPED:
                 event.set()
 
-    # --- status for clients (llama.cpp router-mode vocabulary) -----------------------------
-
-    def status(self, model: str) -> str:
-        """`loaded`, `loading`, `sleeping`, `unloaded` or `failed` (what Open-WebUI's llama.cpp provider reads)."""
-        runtime = self.runtimes[model]
-        if runtime.supervisor is None or not self.scheduler.manages(model):
-            return "loaded"
-        phase = self.scheduler.phase(model)
-        if phase in (Phase.READY, Phase.DRAINING, Phase.EVICTING):
-            return "loaded"
-        if phase in (Phase.LOADING, Phase.PENDING):
-            return "loading"
-        if phase is Phase.SLEEPING:
-            return "sleeping"
-        return "failed" if runtime.state is ModelState.FAILED else "unloaded"
-
-    def subscribe(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
-        """Call `listener(model, status)` on every status change; returns the unsubscribe function."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
-
-    def _notify(self) -> None:
-        for model in self.runtimes:
-            status = self.status(model)
-            if self._statuses.get(model) != status:
-                self._statuses[model] = status
-                for listener in list(self._listeners):
-                    try:
-                        listener(model, status)
-                    except Exception:
-                        log.exception("status listener failed")
-
     def _spawn(self, coro: Awaitable[None], name: str, registry: dict[str, asyncio.Task[None]], model: str) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
@@ -243,35 +214,6 @@ class Switcher:
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         self.apply(self.scheduler.tick(self.clock()))
-
-    # --- progress ------------------------------------------------------------------------
-
-    def load_estimate(self, model: str) -> float | None:
-        return self.history.get(model).median_load_s()
-
-    def describe_wait(self, ticket: Ticket) -> str:
-        where = self.scheduler.waiting(ticket.request_id)
-        now = self.clock()
-        elapsed = int(time.monotonic() - ticket.created)
-        if where is None:
-            return f"Starting {ticket.model}…"
-        if where.phase is Phase.LOADING:
-            loading = int(now - self._load_started.get(ticket.model, now))
-            estimate = self.load_estimate(ticket.model)
-            progress = self.runtimes[ticket.model].progress
-            text = f"Loading {ticket.model}… {loading} s"
-            if estimate is not None:
-                text += f" of ~{max(estimate, 1):.0f} s"
-            return text + (f" ({progress:.0%})" if progress is not None else "")
-        busy = list(where.draining) + [(m, self.scheduler.inflight(m)) for m in where.blocked_by]
-        if busy:
-            names = ", ".join(f"{count} request(s) on {model}" for model, count in busy)
-            return f"Waiting for {names} to finish… {elapsed} s"
-        if where.evicting:
-            return f"Unloading {', '.join(where.evicting)}… {elapsed} s"
-        if where.phase is Phase.PENDING:
-            return f"Freeing memory for {ticket.model}… {elapsed} s"
-        return f"Queued for {ticket.model}… {elapsed} s"
 
     # --- loads and evictions ---------------------------------------------------------------
 
@@ -377,69 +319,6 @@ class Switcher:
             runtime.last_error = "engine refused connections"
             self.apply(self.scheduler.engine_lost(model, self.clock()))
 
-    # --- config reload ---------------------------------------------------------------------
-
-    def _id_of(self, runtime: ModelRuntime) -> str:
-        return next((key for key, rt in self.runtimes.items() if rt is runtime), runtime.model.id)
-
-    def _rename(self, model: str, new_id: str) -> None:
-        self.scheduler.rename(model, new_id)
-        if self._on_rename is not None:
-            self._on_rename(model, new_id)
-        self.runtimes[new_id] = self.runtimes.pop(model)
-        for table in (self._loads, self._evictions, self._load_started, self._evicted, self._statuses):
-            if model in table:
-                table[new_id] = table.pop(model)  # type: ignore[index]
-
-    async def reconfigure(self, runtimes: dict[str, ModelRuntime], changed: set[str], removed: set[str]) -> None:
-        """Apply a reloaded config. `runtimes` are the new engines of added and changed models; unchanged models
-        keep running and keep their requests. The old engines of changed and removed models drain, stop and are
-        forgotten; requests waiting for a changed model wait for its new definition, those for a removed one fail."""
-        self._reloads += 1
-        now = self.clock()
-        retiring: list[tuple[str, str | None]] = []
-        for model in sorted(changed | removed):
-            old = f"{model}~retiring-{self._reloads}"
-            self._rename(model, old)
-            retiring.append((old, model if model in changed else None))
-        for model, runtime in runtimes.items():
-            runtime.on_lost = self._engine_lost
-            self.runtimes[model] = runtime
-            spec = self._spec(runtime)
-            if model in changed:  # not before the old engine (maybe the same systemd unit) is gone
-                old = next(o for o, successor in retiring if successor == model)
-                group = f"~reload-{model}"
-                self.scheduler.set_spec(ModelSpec(**{**self.scheduler.spec(old).__dict__, "group": group}))
-                spec = ModelSpec(**{**spec.__dict__, "group": group})
-            self.scheduler.add(spec)
-            self._statuses[model] = self.status(model)
-        for old, successor in retiring:
-            self._stopped[old] = asyncio.Event()
-            log.info(
-                "config reload: %s %s; its engine drains and stops",
-                old.split("~")[0],
-                "changed" if successor else "removed",
-            )
-            self.apply(self.scheduler.retire(old, self.clock(), successor))
-        for old, successor in retiring:
-            await self._stopped[old].wait()
-            del self._stopped[old]
-            self.scheduler.remove(old)
-            self.runtimes.pop(old, None)
-            self._statuses.pop(old, None)
-            if successor is not None:
-                self.scheduler.set_spec(self._spec(self.runtimes[successor]))
-        self.apply([])
-        log.info("config reload done in %.2f s", self.clock() - now)
-
-    def update_settings(self, settings: RouterSettings) -> None:
-        """Settings that apply without a restart: fairness, drain bound, idle TTL."""
-        self.settings = settings
-        self.scheduler.fairness_s = settings.fairness_s
-        self.scheduler.drain_timeout_s = settings.drain_timeout_s
-        self.scheduler.default_ttl_s = settings.idle_ttl_s
-        self.apply([])
-
     # --- admin ---------------------------------------------------------------------------
 
     async def load(self, model: str) -> None:
@@ -462,63 +341,6 @@ class Switcher:
         self.apply(self.scheduler.unload(model, self.clock()))
         await event.wait()
         return True
-
-    def current(self) -> dict[str, list[str]]:
-        """Resident models per device."""
-        out: dict[str, list[str]] = {}
-        for model in self.scheduler.resident():
-            for device in self.scheduler.spec(model).devices:
-                out.setdefault(device, []).append(model)
-        return out
-
-    def resident(self) -> list[str]:
-        return [m for m in self.scheduler.resident() if self.scheduler.phase(m) is not Phase.LOADING]
-
-    def switching(self) -> dict[str, dict[str, object]]:
-        """Models on their way in or out."""
-        now = self.clock()
-        out: dict[str, dict[str, object]] = {}
-        for model in self.runtimes:
-            if not self.scheduler.manages(model):
-                continue
-            phase = self.scheduler.phase(model)
-            if phase in (Phase.LOADING, Phase.PENDING, Phase.DRAINING, Phase.EVICTING):
-                entry: dict[str, object] = {"phase": phase.value}
-                if phase is Phase.LOADING:
-                    entry["elapsed_s"] = round(now - self._load_started.get(model, now), 3)
-                    estimate = self.load_estimate(model)
-                    if estimate is not None:
-                        entry["estimate_s"] = round(estimate, 3)
-                out[model] = entry
-        return out
-
-    def memory_report(self) -> list[dict[str, object]]:
-        """Per device: capacity, what each resident model holds, what is free (for /health)."""
-        if self.memory is None or not self.memory.enabled:
-            return []
-        report = []
-        for name, info in self.memory.devices.items():
-            models = []
-            for model in self.runtimes:
-                if not self.scheduler.manages(model) or name not in self.scheduler.spec(model).devices:
-                    continue
-                phase = self.scheduler.phase(model)
-                if phase in (Phase.STOPPED, Phase.PENDING):
-                    continue
-                entry = self.history.footprint(model, footprint_key(self.runtimes[model].model))
-                spec = self.scheduler.spec(model)
-                counted = spec.sleep_footprint if phase is Phase.SLEEPING else spec.footprint
-                models.append({"model": model, "phase": phase.value, "measured": entry.get(name), "counted": counted})
-            used = self.scheduler.used(name)
-            entry_out: dict[str, object] = {"device": name, "kind": info.kind, "capacity": info.capacity, "used": used}
-            if info.capacity is not None:
-                entry_out["free"] = info.capacity - used
-            if info.kind == "gpu" and self.memory.nvml is not None:
-                with contextlib.suppress(Exception):
-                    entry_out["free_nvml"] = self.memory.nvml.free(name)
-            entry_out["models"] = models
-            report.append(entry_out)
-        return report
 
     # --- start and stop --------------------------------------------------------------------
 
