@@ -20,86 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from .placement import Candidate, choose_victims, format_bytes, units
+from .scheduling import CancelLoad, Effect, Evict, Fail, Grant, Load, ModelSpec, Phase, Waiting
 
-
-class Phase(StrEnum):
-    STOPPED = "stopped"
-    PENDING = "pending"  # committed to load; waiting for its victims' memory
-    LOADING = "loading"
-    READY = "ready"
-    DRAINING = "draining"  # chosen as a victim; no new requests; evicted when the last one ends
-    EVICTING = "evicting"
-    SLEEPING = "sleeping"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the scheduler knows of one local model."""
-
-    id: str
-    devices: tuple[str, ...]
-    footprint: int | None = None  # bytes per device while resident; None: needs whole devices
-    estimated: bool = False  # footprint is a guess before the first load: never "can never fit", at most a device
-    sleep_footprint: int = 0  # bytes per device kept while asleep
-    sleeps: bool = False  # evicted by sleeping (process kept) rather than stopping
-    group: str | None = None  # exclusive group: at most one member resident
-    pinned: bool = False
-    ttl_s: float | None = None
-    cancel_abandoned: bool = True
-
-
-@dataclass(frozen=True)
-class Grant:
-    request_id: int
-    model: str
-
-
-@dataclass(frozen=True)
-class Fail:
-    request_id: int
-    model: str
-    reason: str
-    code: str = "model_load_failed"
-
-
-@dataclass(frozen=True)
-class Load:
-    """Start or wake `model`; report `load_done`."""
-
-    model: str
-
-
-@dataclass(frozen=True)
-class Evict:
-    """Stop or sleep `model` (it has no requests in flight, unless a drain timed out); report `evict_done`."""
-
-    model: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class CancelLoad:
-    """Nobody waits for `model` any more: abort its load; report `load_done(ok=False)`."""
-
-    model: str
-
-
-Effect = Grant | Fail | Load | Evict | CancelLoad
-
-
-@dataclass(frozen=True)
-class Waiting:
-    """Where a waiting request stands, for progress messages."""
-
-    model: str
-    phase: Phase
-    since: float
-    draining: tuple[tuple[str, int], ...]  # victims still serving: (model, requests in flight)
-    evicting: tuple[str, ...]
-    blocked_by: tuple[str, ...]  # busy residents it waits for (fairness not yet expired)
+__all__ = ["CancelLoad", "Effect", "Evict", "Fail", "Grant", "Load", "ModelSpec", "Phase", "Scheduler", "Waiting"]
 
 
 @dataclass
