@@ -175,6 +175,9 @@ class ModelConfig(Strict):
     context_length: Annotated[int, Field(gt=0)] | None = None
     parallel: Annotated[int, Field(gt=0)] | None = None
     mem_fraction: Annotated[float, Field(gt=0, le=1)] | None = None  # engine's own memory fraction flag
+    # Opaque to the router: a changed value makes a config reload drain and restart the model. The role puts a
+    # hash of the engine's rendered files (start script, environment, engine config, engine build) here.
+    revision: str | None = None
     pinned: bool = False  # never evicted, never unloaded by TTL
     preload: bool = False  # loaded when the router starts
     ttl_s: PositiveSeconds | None = None  # idle unload; overrides router.idle_ttl_s
