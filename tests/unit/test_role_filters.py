@@ -79,7 +79,7 @@ def test_engine_commands_carry_inventory_flags() -> None:
         ["--tp-size", "2"],
         ["--quantization", "awq"],
         ["--dtype", "half"],
-        ["--port", "8100"],
+        ["--port", str(q["port"])],
         ["--attention-backend", "flashinfer"],
         ["--host", "127.0.0.1"],
     ):
@@ -112,7 +112,7 @@ def test_cpu_mode_keeps_llama_on_cpu_and_no_flashinfer_on_hopper_only() -> None:
         (
             [
                 {"id": "a", "backend": "llamacpp", "model": "x", "port": 8101},
-                {"id": "b", "backend": "llamacpp", "model": "y"},
+                {"id": "b", "backend": "llamacpp", "model": "y", "port": 8101},
             ],
             "port 8101",
         ),
@@ -123,6 +123,39 @@ def test_cpu_mode_keeps_llama_on_cpu_and_no_flashinfer_on_hopper_only() -> None:
 def test_inventory_errors(models, message) -> None:
     with pytest.raises(filters.FilterError, match=message):
         normalize(models)
+
+
+def test_engine_ports_do_not_move_when_the_model_list_changes() -> None:
+    """Default port = base + crc32(slug) % ENGINE_PORT_SPAN: inserting a model at the front, removing one or
+    reordering the list leaves every other model's port (and so its start script and unit) unchanged."""
+    listed = [{"id": name, "backend": "llamacpp", "model": f"/m/{name}.gguf"} for name in ("a", "b", "c", "d")]
+    before = {m["id"]: m["port"] for m in normalize(listed)}
+    inserted = normalize([{"id": "new", "backend": "vllm", "model": "/m/n"}, *listed])
+    assert {m["id"]: m["port"] for m in inserted[1:]} == before
+    reordered = normalize([*listed[::-1], {"id": "r", "backend": "openai", "url": "https://example.invalid/v1"}])
+    assert {m["id"]: m.get("port") for m in reordered} == before | {"r": None}
+    assert {m["id"]: m["port"] for m in normalize(listed[1:])} == {k: v for k, v in before.items() if k != "a"}
+    assert all(8100 <= port < 8100 + filters.ENGINE_PORT_SPAN for port in before.values())
+    assert before["a"] == 8100 + filters.zlib.crc32(b"a") % filters.ENGINE_PORT_SPAN
+
+
+def test_engine_port_collisions_resolve_in_slug_order_and_explicit_ports_win() -> None:
+    span = filters.ENGINE_PORT_SPAN
+    slot = {s: filters.zlib.crc32(s.encode()) % span for s in (f"m{i}" for i in range(200))}
+    by_slot: dict[int, list[str]] = {}
+    for slug, offset in slot.items():
+        by_slot.setdefault(offset, []).append(slug)
+    first, second = sorted(next(group for group in by_slot.values() if len(group) >= 2))[:2]
+    models = [{"id": i, "backend": "llamacpp", "model": "/m/x.gguf"} for i in (second, first)]
+    ports = {m["id"]: m["port"] for m in normalize(models)}
+    # The slug that sorts first keeps its slot, whatever the list order; the other takes the next free port.
+    assert ports == {first: 8100 + slot[first], second: 8100 + (slot[first] + 1) % span}
+    taken = 8100 + slot[first]
+    explicit = normalize([*models, {"id": "pinned", "backend": "vllm", "model": "/m/p", "port": taken}])
+    assert {m["id"]: m["port"] for m in explicit}["pinned"] == taken
+    assert taken not in [m["port"] for m in explicit if m["id"] != "pinned"]
+    with pytest.raises(filters.FilterError, match="llm_router_engine_base_port 65000"):
+        filters.normalize_models(models, 65000, PATHS, ["90"], "cuda")
 
 
 def test_rendered_router_config_is_valid_for_the_router() -> None:
@@ -143,7 +176,7 @@ def test_rendered_router_config_is_valid_for_the_router() -> None:
     settings = {"supervisor": "systemd", "systemctl": ["sudo", "-n", "/usr/bin/systemctl"], "port": 8002}
     config = parse_config(filters.router_config(models, settings, "/etc/llm-router"))
     qwen, tabby, remote = config.models
-    assert qwen.unit == "llm-model@qwen-qwen2-5-7b.service" and qwen.port == 8100 and qwen.evict == "sleep"
+    assert qwen.unit == "llm-model@qwen-qwen2-5-7b.service" and qwen.port == models[0]["port"] and qwen.evict == "sleep"
     assert tabby.tabby_model_name == "T-exl3" and str(tabby.api_tokens_file).endswith("main/api_tokens.yml")
     assert remote.url == "https://example.invalid/v1"
     assert filters.sudoers_commands(models) == [
@@ -272,7 +305,12 @@ def test_tabbyapi_config_restores_the_configured_load_on_wake() -> None:
         "gpu_split": [20, 24],
         "cache_mode": "Q8",
     }
-    assert config["network"] == {"host": "127.0.0.1", "port": 8100, "disable_auth": False, "api_servers": ["OAI"]}
+    assert config["network"] == {
+        "host": "127.0.0.1",
+        "port": model["port"],
+        "disable_auth": False,
+        "api_servers": ["OAI"],
+    }
 
 
 def test_model_unit_lets_tabbyapi_write_its_logs() -> None:

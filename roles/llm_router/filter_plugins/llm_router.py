@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import re
+import zlib
 from typing import Any
 
 BACKENDS = ("llamacpp", "sglang", "tabbyapi", "vllm", "openai")
@@ -446,6 +447,42 @@ def _vllm_default_mem_fraction(model: dict[str, Any], models: list[dict[str, Any
     return None
 
 
+# Default engine ports: base + crc32(slug) % ENGINE_PORT_SPAN (8100-8999 by default), so a port depends on the
+# model's id only and inserting, removing or reordering other models does not move it.
+ENGINE_PORT_SPAN = 900
+
+
+def engine_ports(models: list[dict[str, Any]], base_port: int) -> dict[int, int]:
+    """List index -> port for every local model: its explicit `port`, else a stable port from its slug.
+
+    Explicit ports are taken first; then, in slug order, each other model takes base + crc32(slug) % span,
+    or the next free port in the span (wrapping) if that is taken, so only models whose slots collide move.
+    """
+    if not 0 < base_port <= 65536 - ENGINE_PORT_SPAN:
+        raise FilterError(f"llm_router_engine_base_port {base_port}: needs {ENGINE_PORT_SPAN} ports up to 65535")
+    ports: dict[int, int] = {}
+    hashed: list[tuple[str, int]] = []
+    for index, model in enumerate(models):
+        if not isinstance(model, dict) or model.get("backend") == "openai" or not model.get("id"):
+            continue
+        if model.get("port"):
+            ports[index] = int(model["port"])
+        else:
+            hashed.append((model_slug(str(model["id"])), index))
+    taken = set(ports.values())
+    for slug, index in sorted(hashed):
+        offset = zlib.crc32(slug.encode()) % ENGINE_PORT_SPAN
+        for step in range(ENGINE_PORT_SPAN):
+            port = base_port + (offset + step) % ENGINE_PORT_SPAN
+            if port not in taken:
+                break
+        else:
+            raise FilterError(f"no free engine port in {base_port}-{base_port + ENGINE_PORT_SPAN - 1}")
+        ports[index] = port
+        taken.add(port)
+    return ports
+
+
 def normalize_models(
     models: list[dict[str, Any]],
     base_port: int = 8100,
@@ -462,6 +499,7 @@ def normalize_models(
     paths = paths or {}
     cuda_archs = cuda_archs or []
     used_ports: dict[int, str] = {}
+    default_ports = engine_ports(models, base_port)
     seen: dict[str, str] = {}
     out: list[dict[str, Any]] = []
     for index, source in enumerate(models):
@@ -490,7 +528,7 @@ def normalize_models(
             continue
         if not model.get("model"):
             raise FilterError(f"{where} ({model['id']}): 'model' (path or name of the weights) is required")
-        port = int(model.get("port") or base_port + index)
+        port = default_ports[index]
         if port in used_ports:
             raise FilterError(f"{where} ({model['id']}): port {port} is already used by {used_ports[port]!r}")
         used_ports[port] = model["id"]
