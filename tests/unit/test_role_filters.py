@@ -556,6 +556,48 @@ def test_router_config_carries_placement_and_lifecycle_keys() -> None:
     assert llama["weights"] == "/srv/l.gguf" and "devices" not in llama
 
 
+ENGINE_IDS = {"llamacpp": "b11312 0a1b", "sglang": "s1", "vllm": "v1", "tabbyapi": "t1", "tabbyapi_exl2": "x1"}
+
+
+def revisions(models: list[dict], engine_ids: dict | None = None) -> dict[str, str]:
+    config = filters.router_config(
+        normalize(models), {}, "/etc/llm-router", ENGINE_IDS if engine_ids is None else engine_ids
+    )
+    return {m["id"]: m.get("revision") for m in config["models"]}
+
+
+def test_revision_changes_with_what_shapes_the_engine_and_only_for_that_model() -> None:
+    fleet = [
+        {"id": "a", "backend": "llamacpp", "model": "/srv/a.gguf", "context_length": 1024},
+        {"id": "b", "backend": "llamacpp", "model": "/srv/b.gguf", "port": 8201},
+        {"id": "v", "backend": "vllm", "model": "/srv/v", "port": 8202},
+        {"id": "t", "backend": "tabbyapi", "model": "/srv/t-exl3", "port": 8203},
+        {"id": "x", "backend": "tabbyapi", "model": "/srv/x-exl2", "format": "exl2", "port": 8204},
+        {"id": "r", "backend": "openai", "url": "https://api.example.com/v1"},
+    ]
+    base = revisions(fleet)
+    assert all(re.fullmatch(r"[0-9a-f]{16}", base[m]) for m in "abvtx") and base["r"] is None
+    assert revisions(fleet) == base, "stable for the same inputs"
+    # Router-only keys (not the engine's) leave every revision alone.
+    assert revisions([{**fleet[0], "ttl_s": 60, "description": "d"}, *fleet[1:]]) == base
+
+    def changed(models: list[dict], engine_ids: dict | None = None) -> set[str]:
+        new = revisions(models, engine_ids)
+        return {m for m in base if new[m] != base[m]}
+
+    assert changed([{**fleet[0], "context_length": 2048}, *fleet[1:]]) == {"a"}  # argv
+    assert changed([{**fleet[0], "extra_args": ["--jinja"]}, *fleet[1:]]) == {"a"}
+    assert changed([fleet[0], {**fleet[1], "env": {"X": "1"}}, *fleet[2:]]) == {"b"}  # env
+    assert changed([*fleet[:2], {**fleet[2], "gpus": "1"}, *fleet[3:]]) == {"v"}  # env CUDA_VISIBLE_DEVICES
+    assert changed([*fleet[:3], {**fleet[3], "cache_size": 8192}, *fleet[4:]]) == {"t"}  # TabbyAPI config only
+    assert changed(fleet, {**ENGINE_IDS, "llamacpp": "b11312 ffff"}) == {"a", "b"}  # llama.cpp rebuild
+    assert changed(fleet, {**ENGINE_IDS, "vllm": "v2"}) == {"v"}  # engine upgrade
+    assert changed(fleet, {**ENGINE_IDS, "tabbyapi_exl2": "x2"}) == {"x"}  # EXL2 checkout only
+    config = filters.router_config(normalize(fleet), {"supervisor": "systemd"}, "/etc/llm-router", ENGINE_IDS)
+    parse_config(config)  # the router accepts `revision`
+    assert "revision" not in filters.router_config(normalize(fleet), {}, "/etc/llm-router")["models"][0]
+
+
 _schema_spec = importlib.util.spec_from_file_location(
     "llm_router_schema", ROOT / "roles/llm_router/filter_plugins/llm_router_schema.py"
 )

@@ -572,8 +572,45 @@ ROUTER_MODEL_KEYS = (
 )
 
 
-def router_config(models: list[dict[str, Any]], settings: dict[str, Any], config_dir: str) -> dict[str, Any]:
-    """The router's config.yml (docs/config.md) for normalized models."""
+# The TabbyAPI config.yml inputs (templates/tabbyapi-config.yml.j2) besides argv/env/workdir.
+TABBY_CONFIG_KEYS = ("port", "model", "context_length", "cache_size", "tensor_parallel", "gpu_split", "cache_mode")
+
+
+def engine_key(model: dict[str, Any]) -> str:
+    """Which installed engine runs a model: llamacpp, sglang, vllm, tabbyapi or tabbyapi_exl2 (EXL2 checkout)."""
+    if model["backend"] == "tabbyapi" and str(model.get("format", "")).lower() == "exl2":
+        return "tabbyapi_exl2"
+    return str(model["backend"])
+
+
+def model_revision(model: dict[str, Any], engine_ids: dict[str, str]) -> str:
+    """A short hash of everything that shapes a local model's running engine (sha256, 16 hex).
+
+    argv, env, working directory, the TabbyAPI config inputs and the install identity of its engine
+    (llama.cpp build id, pip engine install id, which includes the TabbyAPI commit). It is the model's
+    `revision` in config.yml: when it changes, a config reload drains and restarts that model alone.
+    """
+    tabby = {k: model.get(k) for k in TABBY_CONFIG_KEYS} if model["backend"] == "tabbyapi" else None
+    identity = {
+        "argv": [str(a) for a in model.get("argv", [])],
+        "env": {str(k): str(v) for k, v in (model.get("env") or {}).items()},
+        "workdir": str(model.get("workdir", "")),
+        "tabbyapi": tabby,
+        "engine": str(engine_ids.get(engine_key(model), "")),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def router_config(
+    models: list[dict[str, Any]],
+    settings: dict[str, Any],
+    config_dir: str,
+    engine_ids: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The router's config.yml (docs/config.md) for normalized models.
+
+    engine_ids: engine (engine_key) -> install identity; given, each local model gets a `revision`.
+    """
     entries = []
     for model in models:
         entry: dict[str, Any] = {"id": model["id"], "backend": model["backend"]}
@@ -597,6 +634,8 @@ def router_config(models: list[dict[str, Any]], settings: dict[str, Any], config
         else:
             entry["port"] = model["port"]
             entry["unit"] = model["unit"]
+            if engine_ids is not None:
+                entry["revision"] = model_revision(model, engine_ids)
             if model.get("gpus") not in (None, ""):
                 # Which GPUs it occupies, for memory-aware placement (NVML indices; CUDA_DEVICE_ORDER=PCI_BUS_ID).
                 entry["devices"] = [g.strip() for g in str(model["gpus"]).split(",") if g.strip()]
