@@ -801,3 +801,54 @@ def test_tasks_that_handle_secrets_have_no_log() -> None:
             if secret.search(json.dumps(task[module])) and task.get("no_log") is not True:
                 found.append(f"{path.name}: {task['name']}")
     assert found == []
+
+
+# --- Open-WebUI: its own user, a client key only, its own listen address ---------------------------------------
+
+OPENWEBUI_VARS = {
+    "llm_router_openwebui_user": "open-webui",
+    "llm_router_openwebui_listen_host": "127.0.0.1",
+    "llm_router_openwebui_port": 8080,
+    "llm_router_openwebui_data_dir": "/var/lib/open-webui",
+    "llm_router_listen_host": "0.0.0.0",
+    "llm_router_listen_port": 8002,
+    "llm_router_config_dir": "/etc/llm-router",
+    "llm_router_base_dir": "/opt/llm-router",
+    "llm_router_user": "llm-router",
+}
+
+
+def test_openwebui_unit_runs_as_its_own_user_on_its_own_address() -> None:
+    lines = render("open-webui.service.j2", **OPENWEBUI_VARS).splitlines()
+    assert "User=open-webui" in lines and "Group=open-webui" in lines
+    assert not [line for line in lines if line.startswith("SupplementaryGroups")]
+    assert "StateDirectory=open-webui" in lines and "WorkingDirectory=/var/lib/open-webui" in lines
+    assert any(line.endswith("open-webui serve --host 127.0.0.1 --port 8080") for line in lines)
+    for option in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "CapabilityBoundingSet="):
+        assert option in lines
+    elsewhere = render("open-webui.service.j2", **OPENWEBUI_VARS | {"llm_router_openwebui_data_dir": "/srv/owui"})
+    assert "ReadWritePaths=/srv/owui" in elsewhere and "StateDirectory" not in elsewhere
+
+
+def test_openwebui_env_holds_a_client_key_and_the_llamacpp_provider() -> None:
+    env = render("openwebui.env.j2", _llm_router_openwebui_client_key="sk-client", **OPENWEBUI_VARS).splitlines()
+    assert [line for line in env if "KEY" in line and not line.startswith("#")] == ["OPENAI_API_KEYS=sk-client"]
+    assert 'OPENAI_API_CONFIGS={"0": {"provider": "llama.cpp"}}' in env
+    assert "OPENAI_API_BASE_URLS=http://127.0.0.1:8002/v1" in env
+    assert "DATA_DIR=/var/lib/open-webui" in env and "STATIC_DIR=/var/lib/open-webui/static" in env
+    on_lan = render(
+        "openwebui.env.j2",
+        _llm_router_openwebui_client_key="k",
+        **OPENWEBUI_VARS | {"llm_router_listen_host": "10.0.0.5"},
+    )
+    assert "OPENAI_API_BASE_URLS=http://10.0.0.5:8002/v1" in on_lan.splitlines()
+    tasks = {t["name"]: t for t in yaml.safe_load((ROLE / "tasks/openwebui.yml").read_text())}
+    env_task = next(t for name, t in tasks.items() if name.startswith("Render the Open-WebUI environment"))
+    assert env_task["ansible.builtin.template"] | {"src": None, "dest": None} == {
+        "src": None,
+        "dest": None,
+        "owner": "root",
+        "group": "root",
+        "mode": "0600",
+    }
+    assert env_task["no_log"] is True
