@@ -41,5 +41,5 @@ class RouterContext:
             data["phase"] = self.switcher.scheduler.phase(model_id).value
             estimate = self.switcher.load_estimate(model_id)
             if estimate is not None:
-                data["median_load_s"] = round(estimate, 3)
+                data["median_load_s"] = round(estimate, 6)
         return data
