@@ -354,8 +354,7 @@ def test_model_env_file_quotes_values() -> None:
 def test_llamacpp_build_turns_the_web_ui_off() -> None:
     """llama.cpp CMakeLists: LLAMA_BUILD_UI (default ON) runs ui-assets.cmake (npm if present) even with
     LLAMA_USE_PREBUILT_UI=OFF (engine-audit.md #12)."""
-    tasks = yaml.safe_load((ROLE / "tasks/llamacpp.yml").read_text())
-    cmake = tasks[0]["ansible.builtin.set_fact"]["_llm_router_llamacpp_cmake"]
+    cmake = yaml.safe_load((ROLE / "vars/main.yml").read_text())["_llm_router_llamacpp_cmake"]
     assert "'-DLLAMA_BUILD_UI=OFF'" in cmake and "'-DLLAMA_USE_PREBUILT_UI=OFF'" in cmake
 
 
