@@ -127,8 +127,11 @@ def size_on_disk(path: Path) -> int:
 
 def estimate_footprint(model: ModelConfig, capacity: int | None, devices: int) -> int | None:
     """Bytes per device before the first load, or None when nothing sensible can be said."""
-    fraction = model.mem_fraction or _FRACTION_DEFAULT.get(model.backend)
-    if fraction is not None and capacity is not None and model.backend is not Backend.LLAMACPP:
+    if model.backend in (Backend.VLLM, Backend.SGLANG) and capacity is not None:
+        flag = command_option(model.command or [], "--gpu-memory-utilization", "--mem-fraction-static")
+        fraction = model.mem_fraction or _float(flag) or _FRACTION_DEFAULT.get(model.backend)
+        if fraction is None:  # SGLang sizes its pool from what is free: count it as the whole device
+            return capacity
         return int(capacity * fraction)  # the engine reserves this share of every GPU it uses
     path = weights_of(model)
     if path is None or not path.exists():
@@ -147,6 +150,13 @@ def estimate_footprint(model: ModelConfig, capacity: int | None, devices: int) -
         log.warning("cannot estimate the footprint of %s from %s: %s", model.id, path, exc)
         return None
     return total // max(devices, 1)
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
 
 
 def _int(text: str | None) -> int | None:

@@ -39,6 +39,9 @@ class _Model:
     reload_cost_s: float = 0.0
     victims: tuple[str, ...] = ()  # while PENDING
     blocked_by: tuple[str, ...] = ()
+    cancelling: bool = False  # its load was cancelled; requests that came since wait for a fresh one
+    retiring: bool = False  # removed or replaced by a config reload: evicted as soon as it can be
+    evict_reason: str = ""  # why it is draining
 
 
 _FULL = (Phase.PENDING, Phase.LOADING, Phase.READY)
@@ -142,7 +145,7 @@ class Scheduler:
         state.last_used = now
         effects: list[Effect] = []
         if state.phase is Phase.DRAINING:
-            effects += self._evict(state, "drained")
+            effects += self._evict(state, state.evict_reason or "drained")
         return effects + self._plan(now)
 
     def cancel(self, request_id: int, now: float) -> list[Effect]:
@@ -154,7 +157,8 @@ class Scheduler:
                 continue
             if state.waiters:
                 return []
-            if state.phase is Phase.LOADING and state.spec.cancel_abandoned:
+            if state.phase is Phase.LOADING and state.spec.cancel_abandoned and not state.cancelling:
+                state.cancelling = True
                 return [CancelLoad(state.spec.id)]
             if state.phase is Phase.PENDING:
                 state.phase, state.victims = Phase.STOPPED, ()
@@ -168,11 +172,17 @@ class Scheduler:
         state = self._models[model]
         if state.phase is not Phase.LOADING:
             return []
+        cancelled, state.cancelling = state.cancelling, False
+        if not ok and cancelled:  # requests that came after the cancel get a fresh load, not this failure
+            state.phase = Phase.STOPPED
+            return self._plan(now)
         waiters = list(state.waiters)
         state.waiters.clear()
         if ok:
             state.phase, state.ready_since, state.last_used = Phase.READY, now, now
             effects: list[Effect] = [self._grant(rid, model) for rid in waiters]
+            if state.retiring:  # its load finished after a config reload retired it
+                effects += self.unload(model, now, reason="configuration changed")
         else:
             state.phase = Phase.STOPPED
             effects = [Fail(rid, model, reason) for rid in waiters]
@@ -207,7 +217,7 @@ class Scheduler:
         if state.phase is not Phase.READY:
             return []
         if state.inflight:
-            state.phase, state.draining_since = Phase.DRAINING, now
+            state.phase, state.draining_since, state.evict_reason = Phase.DRAINING, now, reason
             return []
         return self._evict(state, reason)
 
@@ -239,6 +249,15 @@ class Scheduler:
             }
         )
 
+    def fits_now(self, model: str) -> bool:
+        """Whether `model` fits next to what holds memory now (adopting engines found running at start)."""
+        state = self._models[model]
+        return all(
+            sum(self._held(o, d) for o in self._models.values() if o is not state) + self._units(state, d, True)
+            <= self._capacity(d)
+            for d in state.spec.devices
+        )
+
     # --- reconfiguration (config reload) ------------------------------------------------------
 
     def add(self, spec: ModelSpec) -> None:
@@ -263,6 +282,7 @@ class Scheduler:
         """Stop `model` for good: its waiters move to `successor` (or fail), a load in progress is cancelled,
         a resident engine drains and is evicted. `remove` it once it is stopped."""
         state = self._models[model]
+        state.retiring = True
         effects: list[Effect] = []
         waiters = dict(state.waiters)
         state.waiters.clear()
@@ -279,9 +299,11 @@ class Scheduler:
         return effects + self._plan(now)
 
     def remove(self, model: str) -> None:
-        """Forget a stopped model."""
-        state = self._models.pop(model)
-        assert state.phase is Phase.STOPPED and not state.inflight, f"{model} is {state.phase.value}"
+        """Forget a stopped model. Requests still counted on it (a drain that timed out, an engine that died)
+        end without effect: their engine is gone."""
+        self._models.pop(model)
+        for rid in [rid for rid, granted in self._granted.items() if granted == model]:
+            del self._granted[rid]
 
     def set_spec(self, spec: ModelSpec) -> None:
         self._models[spec.id].spec = spec
@@ -315,7 +337,19 @@ class Scheduler:
         if not resident:
             return 0 if capacity is None else min(state.spec.sleep_footprint, capacity)
         footprint = units(capacity, state.spec.footprint)[1]
-        return min(footprint, capacity) if state.spec.estimated and capacity is not None else footprint
+        if state.spec.estimated and capacity is not None:  # a guess: at most what the pinned models leave
+            return max(min(footprint, capacity - self._pinned_reserve(device, state)), 1)
+        return footprint
+
+    def _pinned_reserve(self, device: str, exclude: _Model) -> int:
+        capacity = self.devices.get(device)
+        if capacity is None:
+            return 0
+        return sum(
+            min(units(capacity, o.spec.footprint)[1], capacity)
+            for o in self._models.values()
+            if o is not exclude and o.spec.pinned and device in o.spec.devices
+        )
 
     def _held(self, state: _Model, device: str) -> int:
         """What `state` holds on `device` right now."""
@@ -344,6 +378,12 @@ class Scheduler:
         return units(self.devices.get(device), None)[0]
 
     def _never_fits(self, state: _Model) -> str | None:
+        group = state.spec.group
+        if group is not None:
+            for other in self._models.values():
+                if other is not state and other.spec.pinned and other.spec.group == group:
+                    pinned = other.spec.id
+                    return f"{state.spec.id} shares exclusive group {group} with pinned {pinned}, which never leaves"
         for device in state.spec.devices:
             capacity = self.devices.get(device)
             pinned = [
@@ -357,9 +397,7 @@ class Scheduler:
                     return f"{state.spec.id} needs device {device} to itself, but pinned {names} never leaves"
                 continue
             need = self._units(state, device, True)
-            reserved = sum(self._units(o, device, True) for o in pinned)
-            if state.spec.estimated:
-                need = min(need, max(capacity - reserved, 1))  # a guess: try it on whatever is left
+            reserved = self._pinned_reserve(device, state)
             if need + reserved > capacity:
                 extra = f" ({format_bytes(reserved)} of it held by pinned models)" if reserved else ""
                 return (
@@ -391,8 +429,9 @@ class Scheduler:
             if o is not state and state.spec.group is not None and o.spec.group == state.spec.group
         ]
         if any(o.phase in (Phase.PENDING, Phase.LOADING) for o in same_group):
+            state.blocked_by = ()
             return []
-        forced = [o for o in same_group if o.phase is Phase.READY]
+        forced = [o for o in same_group if o.phase is Phase.READY and not o.spec.pinned]
         needed: dict[str, int] = {}
         for device in state.spec.devices:
             projected = sum(self._projected(o, device) for o in self._models.values() if o is not state)
@@ -414,7 +453,16 @@ class Scheduler:
         chosen = choose_victims(needed, candidates)
         if chosen is None:
             state.blocked_by = ()
-            return []  # what it needs is loading or pinned-for-now: wait for the next event
+            moving = (Phase.PENDING, Phase.LOADING, Phase.DRAINING, Phase.EVICTING)
+            if any(
+                o is not state and o.phase in moving and set(o.spec.devices) & set(state.spec.devices)
+                for o in self._models.values()
+            ):
+                return []  # memory is on its way back (or being taken): wait for the next event
+            reason = f"{state.spec.id} does not fit next to the models that cannot be evicted on its devices"
+            failed = [Fail(rid, state.spec.id, reason, code="model_too_large") for rid in state.waiters]
+            state.waiters.clear()
+            return list(failed)
         victims = [self._models[c.model] for c in chosen] + forced
         busy = [v for v in victims if v.phase is Phase.READY and v.inflight > 0]
         if busy:
@@ -427,7 +475,7 @@ class Scheduler:
         reason = f"making room for {state.spec.id}"
         for victim in victims:
             if victim.phase is Phase.READY and victim.inflight:
-                victim.phase, victim.draining_since = Phase.DRAINING, now
+                victim.phase, victim.draining_since, victim.evict_reason = Phase.DRAINING, now, reason
             else:
                 effects += self._evict(victim, reason)
         state.phase, state.victims = Phase.PENDING, tuple(v.spec.id for v in victims)

@@ -45,7 +45,7 @@ class Reconfiguration:
             self._rename(model, old)
             retiring.append((old, model if model in changed else None))
         for model, runtime in runtimes.items():
-            runtime.on_lost = self._engine_lost
+            runtime.on_lost = self._lost_handler(runtime)
             self.runtimes[model] = runtime
             spec = self._spec(runtime)
             if model in changed:  # not before the old engine (maybe the same systemd unit) is gone
@@ -64,14 +64,19 @@ class Reconfiguration:
             )
             self.apply(self.scheduler.retire(old, self.clock(), successor))
         for old, successor in retiring:
-            await self._stopped[old].wait()
-            del self._stopped[old]
-            self.scheduler.remove(old)
-            self.runtimes.pop(old, None)
-            self._statuses.pop(old, None)
-            if successor is not None:
-                self.scheduler.set_spec(self._spec(self.runtimes[successor]))
+            try:
+                await self._stopped[old].wait()
+            finally:  # each retiring engine is forgotten, whatever happened to the others
+                del self._stopped[old]
+                self.scheduler.remove(old)
+                self.runtimes.pop(old, None)
+                self._statuses.pop(old, None)
+                if successor is not None:
+                    self.scheduler.set_spec(self._spec(self.runtimes[successor]))
         self.apply([])
+        for model, runtime in runtimes.items():  # changed pinned/preload models come back like at start
+            if runtime.model.preload or runtime.model.pinned:
+                self._tasks.add(asyncio.create_task(self._preload(model), name=f"preload-{model}"))
         log.info("config reload done in %.2f s", self.clock() - now)
 
     def update_settings(self, settings: RouterSettings) -> None:

@@ -47,6 +47,8 @@ class StatusReport:
 
     def _notify(self) -> None:
         for model in self.runtimes:
+            if "~" in model:  # a retiring engine of a config reload: not a model clients know
+                continue
             status = self.status(model)
             if self._statuses.get(model) != status:
                 self._statuses[model] = status

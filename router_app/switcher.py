@@ -102,7 +102,7 @@ class Switcher(StatusReport, Reconfiguration):
             median = self.history.get(model_id).median_load_s()
             if median is not None and self.scheduler.manages(model_id):
                 self.scheduler.set_reload_cost(model_id, median)
-            runtime.on_lost = self._engine_lost
+            runtime.on_lost = self._lost_handler(runtime)
         self._ids: Iterator[int] = itertools.count(1)
         self._tickets: dict[int, Ticket] = {}
         self._loads: dict[str, asyncio.Task[None]] = {}
@@ -129,6 +129,8 @@ class Switcher(StatusReport, Reconfiguration):
             learned = self.history.footprint(model.id, footprint_key(model))
             capacity = min((memory.capacities().get(d) or 0 for d in devices), default=0) or None
             footprint = model.memory or (max(learned.values()) if learned else None)
+            if footprint is not None and capacity is not None and model.memory is None:
+                footprint = min(footprint, capacity)  # learned: never "can never fit" because of a reserve
             if footprint is None:
                 footprint = estimate_footprint(model, capacity, len(devices))
                 estimated = footprint is not None
@@ -189,6 +191,9 @@ class Switcher(StatusReport, Reconfiguration):
         self._notify()
         for model, event in self._stopped.items():
             if self.scheduler.manages(model) and self.scheduler.phase(model) is Phase.STOPPED:
+                event.set()
+        for model, event in self._evicted.items():  # unload() waits for this, however the model got there
+            if not self.scheduler.manages(model) or self.scheduler.phase(model) in (Phase.STOPPED, Phase.SLEEPING):
                 event.set()
 
     def _spawn(self, coro: Awaitable[None], name: str, registry: dict[str, asyncio.Task[None]], model: str) -> None:
@@ -254,8 +259,12 @@ class Switcher(StatusReport, Reconfiguration):
             self._metrics.switch_done(name, ok, elapsed)
         if ok:
             self.history.record_load(name, runtime.load_seconds or elapsed)
+            await self._learn(runtime, asleep=False)
+        model = self._id_of(runtime)  # after the last await: a config reload may have renamed it
+        if not self.scheduler.manages(model):
+            return
+        if ok:
             self.scheduler.set_reload_cost(model, self.history.get(name).median_load_s() or elapsed)
-            await self._learn(model, asleep=False)
         log.info("load of %s %s in %.2f s", model, "done" if ok else "FAILED", elapsed)
         self.apply(self.scheduler.load_done(model, ok, reason, self.clock()))
 
@@ -275,14 +284,15 @@ class Switcher(StatusReport, Reconfiguration):
             self._evictions.pop(model, None)
         slept = runtime.state is ModelState.SLEEPING
         if slept:
-            await self._learn(model, asleep=True)
-        self.apply(self.scheduler.evict_done(model, slept, self.clock()))
-        self._evicted.setdefault(model, asyncio.Event()).set()
+            await self._learn(runtime, asleep=True)
+        model = self._id_of(runtime)  # after the last await: a config reload may have renamed it
+        if self.scheduler.manages(model):
+            self.apply(self.scheduler.evict_done(model, slept, self.clock()))
 
-    async def _learn(self, model: str, asleep: bool) -> None:
+    async def _learn(self, runtime: ModelRuntime, asleep: bool) -> None:
         """Measure what the engine uses now and let the scheduler count with it from here on."""
         memory = self.memory
-        runtime = self.runtimes[model]
+        model = runtime.model.id
         if memory is None or not memory.enabled or runtime.supervisor is None:
             return
         try:
@@ -295,6 +305,12 @@ class Switcher(StatusReport, Reconfiguration):
             return
         self.history.record_footprint(runtime.model.id, footprint_key(runtime.model), usage, asleep=asleep)
         measured = max(usage.values())
+        capacities = [c for d, c in memory.capacities().items() if d in usage and c is not None]
+        if capacities:  # more than a device holds (a reserve, a CUDA context): it needs the device to itself
+            measured = min(measured, min(capacities))
+        model = self._id_of(runtime)
+        if not self.scheduler.manages(model):
+            return
         if runtime.model.memory is None and not asleep:
             self.scheduler.set_footprint(model, measured)
         elif asleep and runtime.model.sleep_memory is None:
@@ -306,6 +322,10 @@ class Switcher(StatusReport, Reconfiguration):
             " asleep" if asleep else "",
             ", ".join(f"{d}: {format_bytes(b)}" for d, b in sorted(usage.items())),
         )
+
+    def _lost_handler(self, runtime: ModelRuntime) -> Callable[[str, str], None]:
+        """The runtime reports its config id; the scheduler knows it by its current one (a retiring engine)."""
+        return lambda _model, how: self._engine_lost(self._id_of(runtime), how)
 
     def _engine_lost(self, model: str, how: str) -> None:
         log.warning("model %s lost its engine (%s); the next request loads it again", model, how)
@@ -353,11 +373,7 @@ class Switcher(StatusReport, Reconfiguration):
             model = runtime.model.id
             if not await runtime.supervisor.is_running():
                 continue
-            spec = self.scheduler.spec(model)
-            fits = all(
-                self.scheduler.used(d) + (spec.footprint or 1) <= (self.scheduler.devices.get(d) or 1)
-                for d in spec.devices
-            )
+            fits = self.scheduler.fits_now(model)
             if fits and await runtime.adopt():
                 self.scheduler.adopt(model, now)
             elif fits:

@@ -135,7 +135,8 @@ def status_event(ctx: RouterContext, model: str, status: str) -> bytes:
         return _event(model, "model_status", {"status": "loading"})
     if status == "failed":
         data: dict[str, Any] = {"status": "unloaded", "exit_code": 1, "failed": True}
-        error = ctx.runtimes[model].last_error
+        runtime = ctx.runtimes.get(model)
+        error = runtime.last_error if runtime is not None else None
         if error:
             data["error"] = error
         return _event(model, "status_change", data)

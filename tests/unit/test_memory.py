@@ -66,6 +66,12 @@ def test_engines_reserving_a_memory_fraction_are_estimated_from_it() -> None:
         {"models": [{"id": "s", "backend": "sglang", "port": 9000, "command": ["x"], "mem_fraction": 0.5}]}
     ).models[0]
     assert estimate_footprint(sglang, 80 * G, 1) == 40 * G
+    flagged = parse_config(
+        {"models": [{"id": "s", "backend": "sglang", "port": 9000, "command": ["x", "--mem-fraction-static", "0.7"]}]}
+    ).models[0]
+    assert estimate_footprint(flagged, 80 * G, 1) == int(80 * G * 0.7)
+    bare = parse_config({"models": [{"id": "s", "backend": "sglang", "port": 9000, "command": ["x"]}]}).models[0]
+    assert estimate_footprint(bare, 80 * G, 1) == 80 * G  # SGLang sizes its pool itself: the whole device
 
 
 class FakeNvml:

@@ -52,7 +52,7 @@ def test_busy_resident_keeps_serving_until_the_fairness_bound_then_drains() -> N
     assert s.phase("a") is Phase.DRAINING
     assert s.request(4, "a", 6.5) == []  # no new requests for a draining model
     assert s.release(1, 7) == []
-    assert s.release(3, 8) == [Evict("a", "drained")]
+    assert s.release(3, 8) == [Evict("a", "making room for b")]  # the reason survives the drain (metrics)
     assert s.evict_done("a", False, 8.1) == [Load("b")]
 
 
@@ -316,3 +316,54 @@ def test_after_the_fairness_bound_no_new_request_is_granted_to_a_blocking_model(
             assert Grant(sim.next_id, blocker) not in effects or sim.s.phase(blocker) is Phase.READY
             sim.apply(effects)
         break
+
+
+def test_an_estimate_next_to_a_pinned_model_is_clamped_to_what_is_left() -> None:
+    specs = [
+        ModelSpec("pin", ("g",), 4 * G, pinned=True),
+        ModelSpec("big", ("g",), int(21.6 * G), estimated=True),  # e.g. vLLM's 0.9 of a 24 GiB GPU, a guess
+    ]
+    s = Scheduler({"g": 24 * G}, specs)
+    s.request(1, "pin", 0)
+    s.load_done("pin", True, "", 0)
+    s.release(1, 0)
+    assert s.request(2, "big", 1) == [Load("big")]  # tried on the 20 GiB the pinned model leaves
+
+
+def test_nothing_to_evict_and_nothing_moving_fails_instead_of_waiting_forever() -> None:
+    specs = [ModelSpec("pin", ("g",), 6 * G, pinned=True), ModelSpec("m", ("g",), 5 * G)]
+    s = Scheduler({"g": 10 * G}, specs)
+    s.request(1, "pin", 0)
+    s.load_done("pin", True, "", 0)
+    [fail] = s.request(2, "m", 1)
+    assert isinstance(fail, Fail) and fail.code == "model_too_large"
+
+
+def test_a_pinned_model_is_never_forced_out_of_its_exclusive_group() -> None:
+    specs = [ModelSpec("p", ("g",), G, group="x", pinned=True), ModelSpec("q", ("g",), G, group="x")]
+    s = Scheduler({"g": 10 * G}, specs)
+    s.request(1, "p", 0)
+    s.load_done("p", True, "", 0)
+    s.release(1, 0)
+    [fail] = s.request(2, "q", 1)
+    assert isinstance(fail, Fail) and "pinned p" in fail.reason
+
+
+def test_a_request_during_a_cancelled_load_gets_a_fresh_load_not_the_cancellation() -> None:
+    s = Scheduler({}, [ModelSpec("a", ("g",))])
+    s.request(1, "a", 0)
+    assert s.cancel(1, 1) == [CancelLoad("a")]
+    assert s.request(2, "a", 2) == []  # the retry arrives while the engine is being stopped
+    assert s.load_done("a", False, "cancelled", 3) == [Load("a")]
+    assert s.load_done("a", True, "", 4) == [Grant(2, "a")]
+
+
+def test_removing_a_retiring_model_with_requests_still_counted_is_safe() -> None:
+    s = Scheduler({}, [ModelSpec("a", ("g",))], drain_timeout_s=1)
+    s.request(1, "a", 0)
+    s.load_done("a", True, "", 0)
+    s.unload("a", 1)
+    assert isinstance(s.tick(3)[0], Evict)  # the drain timed out with request 1 still running
+    s.evict_done("a", False, 4)
+    s.remove("a")
+    assert s.release(1, 5) == []

@@ -201,3 +201,47 @@ async def test_reconfigure_keeps_unchanged_models_and_drains_changed_and_removed
     assert switcher.runtimes["b"] is new_b and "c" not in switcher.runtimes
     assert sorted(switcher.runtimes) == ["a", "b"] and switcher.status("a") == "loaded"
     waiting.release()
+
+
+async def test_a_reload_while_a_load_finishes_still_retires_the_old_engine() -> None:
+    """The load's last steps (measuring its memory) may run after a reload renamed it: the old engine must still
+    be stopped and the reload finish (found by review: the reload hung and requests for the model waited forever)."""
+    journal: list[str] = []
+    settings = RouterSettings()
+    model = ModelConfig(id="b", backend="llamacpp", port=1, command=["x"])
+    supervisor = MemorySupervisor("b", journal)
+    gate = asyncio.Event()
+
+    async def slow_pids() -> list[int]:
+        await gate.wait()
+        return []
+
+    supervisor.pids = slow_pids  # type: ignore[method-assign]
+    runtime = ModelRuntime(model, ReadyAdapter(model, supervisor), supervisor, settings)
+
+    class Memory:  # enough of MemoryModel for the switcher to measure after a load
+        enabled = True
+        settings = RouterSettings().memory
+
+        def devices_of(self, _model: ModelConfig) -> tuple[str, ...]:
+            return ("0",)
+
+        def capacities(self) -> dict[str, int]:
+            return {"0": 100}
+
+        def measure(self, _model: ModelConfig, _pids: list[int]) -> dict[str, int]:
+            return {"0": 10}
+
+        async def wait_free(self, _devices: object, _needed: object) -> None:
+            return None
+
+    switcher = Switcher({"b": runtime}, settings, memory=Memory())  # type: ignore[arg-type]
+    first = switcher.ticket("b")
+    await asyncio.wait_for(_until(lambda: runtime.state == "ready"), 10)
+    reload = asyncio.create_task(switcher.reconfigure({}, changed=set(), removed={"b"}))
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.wait_for(reload, 10)
+    assert journal == ["start b", "stop b"] and not switcher.runtimes
+    with pytest.raises(SwitchError, match="removed from the configuration"):
+        await first.wait()
