@@ -192,6 +192,8 @@ class Scheduler:
         """`model` is stopped (or asleep, holding only its sleep footprint)."""
         state = self._models[model]
         state.phase = Phase.SLEEPING if slept else Phase.STOPPED
+        if slept and state.retiring:  # a retired engine must stop, not sleep: evict again (a sleeper is stopped)
+            return self._evict(state, "configuration changed")
         return self._plan(now)
 
     def engine_lost(self, model: str, now: float) -> list[Effect]:

@@ -367,3 +367,13 @@ def test_removing_a_retiring_model_with_requests_still_counted_is_safe() -> None
     s.evict_done("a", False, 4)
     s.remove("a")
     assert s.release(1, 5) == []
+
+
+def test_a_retired_model_that_sleeps_is_stopped_not_left_asleep() -> None:
+    s = Scheduler({}, [ModelSpec("a", ("g",), sleeps=True)])
+    s.request(1, "a", 0)
+    s.load_done("a", True, "", 0)
+    s.release(1, 0)
+    assert s.retire("a", 1, None) == [Evict("a", "configuration changed")]
+    assert s.evict_done("a", True, 2) == [Evict("a", "configuration changed")]  # it went to sleep: stop it
+    assert s.evict_done("a", False, 3) == [] and s.phase("a") is Phase.STOPPED
