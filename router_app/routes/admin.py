@@ -15,11 +15,9 @@ def admin_routes(ctx: RouterContext) -> APIRouter:
     switcher = ctx.switcher
 
     async def requested_model(request: Request, required: bool) -> tuple[str | None, Response | None]:
-        try:
-            body = await request.json() if await request.body() else {}
-        except ValueError:
+        name, valid = await ctx.body_model(request)
+        if not valid:
             return None, json_error(400, "request body is not valid JSON", "invalid_request_error")
-        name = body.get("model") if isinstance(body, dict) else None
         if name is None and not required:
             return None, None
         model = ctx.find(name) if isinstance(name, str) else None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import Request
 from starlette.responses import Response
 
 from ..config import Config, ModelConfig
@@ -25,6 +27,15 @@ class RouterContext:
 
     def find(self, name: str) -> ModelConfig | None:
         return self.config.find(name)
+
+    @staticmethod
+    async def body_model(request: Request) -> tuple[object, bool]:
+        """The `model` of a `{"model": …}` body (None if absent), and whether the body was valid JSON."""
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except (ValueError, RecursionError):
+            return None, False
+        return (body.get("model") if isinstance(body, dict) else None), True
 
     @staticmethod
     def unknown_model(name: str) -> Response:

@@ -12,7 +12,6 @@ loading). Who may load/unload is `router.model_control` (checked in api.EntryPoi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -46,11 +45,9 @@ def management_routes(ctx: RouterContext, is_admin: Callable[[Request], bool]) -
     tasks: set[asyncio.Task[Any]] = set()
 
     async def named_model(request: Request) -> tuple[str | None, Response | None]:
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except (ValueError, RecursionError):
+        name, valid = await ctx.body_model(request)
+        if not valid:
             return None, _error(400, "request body is not valid JSON")
-        name = body.get("model") if isinstance(body, dict) else None
         if not isinstance(name, str) or not name:
             return None, _error(400, "model name is missing from the request")
         return name, None
