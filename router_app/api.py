@@ -21,6 +21,7 @@ from . import __version__
 from .config import Config, ConfigError, ModelConfig, RouterSettings, read_keys, read_secret
 from .engines import adapter_for
 from .errors import is_anthropic_path, json_error
+from .fleet import Fleet
 from .history import History
 from .memory import MemoryModel, Nvml
 from .metrics import RouterMetrics
@@ -268,17 +269,19 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         memory=MemoryModel(config, Nvml.open() if settings.memory.source in ("auto", "nvml") else None),
         history=History(settings.state_dir),
     )
-    proxy = Proxy(config, switcher, upstream, metrics)
-    context = RouterContext(config, runtimes, switcher, metrics)
+    fleet = Fleet(settings.peers, settings.peer_refresh_s)
+    proxy = Proxy(config, switcher, upstream, metrics, fleet)
+    context = RouterContext(config, runtimes, switcher, metrics, fleet)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await switcher.start()
         log.info(
-            "llm-router %s serving %d model(s): %s",
+            "llm-router %s serving %d model(s): %s%s",
             __version__,
             len(config.models),
             ", ".join(m.id for m in config.models),
+            f"; peers: {', '.join(f'{p.name} ({p.url})' for p in settings.peers)}" if settings.peers else "",
         )
         loop = asyncio.get_running_loop()
 
@@ -297,6 +300,7 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
                 loop.remove_signal_handler(signal.SIGHUP)
             await switcher.shutdown(stop_engines=settings.supervisor == "process")
             await upstream.close()
+            await fleet.close()
             await client.aclose()
 
     app = FastAPI(title="llm-router", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -322,6 +326,6 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         app.include_router(router)
     entry = EntryPoint(app, proxy, keys, settings)
     reloads: set[asyncio.Future[bool]] = set()
-    parts = LiveParts(entry, proxy, context, switcher, upstream, make_runtime, Keys)
+    parts = LiveParts(entry, proxy, context, switcher, upstream, make_runtime, Keys, fleet)
     entry.reloader = Reloader(config, parts, config_path)
     return entry

@@ -97,6 +97,26 @@ class MemorySettings(Strict):
     free_wait_s: Annotated[float, Field(ge=0)] = 30.0
 
 
+class PeerConfig(Strict):
+    """Another llm-router whose models this one lists and forwards to (the `router.peers:` entries)."""
+
+    # Shown in /health and in each of its models' `peer` field.
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    # The peer router's root (without /v1), e.g. http://10.0.0.2:8002.
+    url: str
+    # A client key of the peer (the role's shared fleet key).
+    api_key_file: Path | None = None
+    # Connecting, and listing its models, give up after this long (the peer then counts as unreachable).
+    timeout_s: PositiveSeconds = 3.0
+
+    @field_validator("url")
+    @classmethod
+    def _root_url(cls, url: str) -> str:
+        if not re.fullmatch(r"https?://[^/\s]+/?", url):
+            raise ValueError(f"{url!r} is not a router root such as http://10.0.0.2:8002 (scheme, host, port; no path)")
+        return url.rstrip("/")
+
+
 class RouterSettings(Strict):
     """Settings of the router process itself (the `router:` section)."""
 
@@ -128,6 +148,19 @@ class RouterSettings(Strict):
     # eject buttons): `clients` = any client key (no more than a request for a model can do already; pinned
     # models only with the admin key), `admin` = the admin key only, `none` = nobody (403).
     model_control: Literal["admin", "clients", "none"] = "clients"
+    # Other routers (a fleet): their models are listed beside this one's and requests for them are forwarded.
+    peers: list[PeerConfig] = Field(default_factory=list)
+    # A peer's model list is re-read when older than this (listing, and a request for a name not known yet).
+    peer_refresh_s: Annotated[float, Field(ge=0)] = 2.0
+
+    @field_validator("peers")
+    @classmethod
+    def _unique_peers(cls, peers: list[PeerConfig]) -> list[PeerConfig]:
+        names = [peer.name for peer in peers]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"peer name {name!r} is used twice; give each peer its own name")
+        return peers
 
 
 DEFAULT_HEALTH_PATH = {

@@ -58,6 +58,13 @@ class RouterMetrics:
             registry=self.registry,
         )
 
+        self.peer_requests = Counter(
+            "llm_router_peer_requests",
+            "Requests forwarded to a peer router (router.peers), by peer and model",
+            ["peer", "model"],
+            registry=self.registry,
+        )
+
     def switch_done(self, model: str, ok: bool, seconds: float) -> None:
         self.switches.labels(model, "ok" if ok else "failed").inc()
         if ok:

@@ -38,6 +38,7 @@ class LiveParts:
     upstream: Upstream
     make_runtime: Callable[[Config, ModelConfig], ModelRuntime]
     make_keys: Callable[[Config], Any]
+    fleet: Any = None  # fleet.Fleet: the peers
 
 
 class Reloader:
@@ -54,6 +55,8 @@ class Reloader:
             try:
                 new = load_config(self.path)
                 keys = self.parts.make_keys(new)
+                if self.parts.fleet is not None:
+                    self.parts.fleet.configure(new.router.peers, new.router.peer_refresh_s)
             except ConfigError as exc:
                 log.error("config reload refused, the running config stays: %s", exc)
                 return False

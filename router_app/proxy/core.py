@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,10 +26,13 @@ from ..switcher import ModelTooLarge, Switcher, Ticket
 from ..upstream import Upstream, UpstreamError, UpstreamResponse
 from . import report
 from .endpoints import Endpoint
-from .parse import Exchange, parse
+from .parse import BadRequest, Exchange, decode_json, parse
 from .progress import Shape, shape_for
 from .relay import MODEL_FIELD, StreamBroken, relay
 from .waiting import ClientGone, DisconnectAwareStreamingResponse, race_disconnect
+
+if TYPE_CHECKING:
+    from ..fleet import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +42,26 @@ _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class Proxy:
     """Turns an HTTP request into: find model → wait for it → relay the engine's answer."""
 
-    def __init__(self, config: Config, switcher: Switcher, upstream: Upstream, metrics: RouterMetrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        switcher: Switcher,
+        upstream: Upstream,
+        metrics: RouterMetrics,
+        fleet: Fleet | None = None,
+    ) -> None:
         self.config = config
         self.settings = config.router
         self.switcher = switcher
         self.upstream = upstream
         self.metrics = metrics
+        self.fleet = fleet
 
     async def handle(self, request: Request, endpoint: Endpoint, raw: bytes) -> Response:
         parsed = parse(raw, endpoint, self.config)
         if isinstance(parsed, Response):
+            if parsed.status_code == 404 and self.fleet is not None and self.fleet.peers:
+                return await self._to_peer(request, raw) or parsed
             return parsed
         exchange = parsed
         backend = exchange.model.backend
@@ -74,6 +88,24 @@ class Proxy:
         except BaseException:
             self._finish(exchange, ticket, "error")
             raise
+
+    async def _to_peer(self, request: Request, raw: bytes) -> Response | None:
+        """A model this router does not serve: the answer of the peer that does (None if none does)."""
+        from ..fleet import is_hop  # here: the fleet module builds on proxy.waiting
+
+        assert self.fleet is not None
+        if is_hop(request):  # another router asked for our own models only
+            return None
+        try:
+            name = decode_json(raw).get("model")
+        except (BadRequest, AttributeError):
+            return None
+        found = await self.fleet.locate(name) if isinstance(name, str) else None
+        if found is None:
+            return None
+        peer, model_id = found
+        self.metrics.peer_requests.labels(peer.name, model_id).inc()
+        return await self.fleet.forward(request, peer, raw)
 
     def _finish(self, exchange: Exchange, ticket: Ticket, outcome: str) -> None:
         """Release the model and count the request; only the first call for an exchange counts."""

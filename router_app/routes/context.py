@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from ..config import Config, ModelConfig
 from ..errors import json_error
+from ..fleet import Fleet, Peer, is_hop
 from ..metrics import RouterMetrics
 from ..runtime import ModelRuntime
 from ..switcher import Switcher
@@ -23,10 +24,26 @@ class RouterContext:
     runtimes: dict[str, ModelRuntime]
     switcher: Switcher
     metrics: RouterMetrics
+    fleet: Fleet | None = None
     started: float = field(default_factory=time.time)
 
     def find(self, name: str) -> ModelConfig | None:
         return self.config.find(name)
+
+    def local_names(self) -> set[str]:
+        return {name for model in self.config.models for name in (model.id, *model.aliases)}
+
+    async def peer_entries(self, request: Request) -> list[dict[str, Any]]:
+        """The peers' models for a model list (none when another router asks: it wants ours only)."""
+        if self.fleet is None or not self.fleet.peers or is_hop(request):
+            return []
+        return await self.fleet.listing(self.local_names())
+
+    async def peer_for(self, request: Request, name: str) -> tuple[Peer, str] | None:
+        """The peer that serves `name`, for a model this router does not have."""
+        if self.fleet is None or not self.fleet.peers or is_hop(request):
+            return None
+        return await self.fleet.locate(name)
 
     @staticmethod
     async def body_model(request: Request) -> tuple[object, bool]:

@@ -6,7 +6,9 @@ not_found_error, running 400 "model is already running", else `{"success": true}
 unload 2097-2113 (unknown model 400 invalid_request_error, not running 400 "model is not running"), the list
 2021-2095, SSE 2115-2131 with events from notify_sse (650-661): `{"model", "event", "data"}`, `model_status` when a
 load starts (1191) and `status_change` for every change (1306-1320, `exit_code` on unloaded, `progress` while
-loading). Who may load/unload is `router.model_control` (checked in api.EntryPoint).
+loading). Who may load/unload is `router.model_control` (checked in api.EntryPoint). Models of peer routers
+(`router.peers`, fleet.py) are listed too, and their load/unload goes to the peer; `/models/sse` reports this
+router's models only.
 """
 
 from __future__ import annotations
@@ -68,8 +70,16 @@ def management_routes(ctx: RouterContext, is_admin: Callable[[Request], bool]) -
             ticket.release()
 
     @router.get("/models")
-    async def list_models() -> dict[str, Any]:
-        return {"data": [model_entry(ctx, m.id) for m in ctx.config.models], "object": "list"}
+    async def list_models(request: Request) -> dict[str, Any]:
+        local = [model_entry(ctx, m.id) for m in ctx.config.models]
+        return {"data": local + await ctx.peer_entries(request), "object": "list"}
+
+    async def on_peer(request: Request, name: str) -> Response | None:
+        """A load/unload of a model a peer serves: the peer's answer (its own model_control applies)."""
+        found = await ctx.peer_for(request, name)
+        if found is None or ctx.fleet is None:
+            return None
+        return await ctx.fleet.forward(request, found[0], await request.body())
 
     @router.post("/models/load")
     async def load(request: Request) -> Response:
@@ -78,7 +88,7 @@ def management_routes(ctx: RouterContext, is_admin: Callable[[Request], bool]) -
             return error or _error(400, "model name is missing from the request")
         model = ctx.find(name)
         if model is None:
-            return _error(404, "model is not found")
+            return await on_peer(request, name) or _error(404, "model is not found")
         if switcher.status(model.id) in RUNNING:
             return _error(400, "model is already running")
         ticket = switcher.ticket(model.id)  # the load starts now, so `status` says loading at once
@@ -92,7 +102,7 @@ def management_routes(ctx: RouterContext, is_admin: Callable[[Request], bool]) -
             return error or _error(400, "model name is missing from the request")
         model = ctx.find(name)
         if model is None:
-            return _error(400, "model is not found")
+            return await on_peer(request, name) or _error(400, "model is not found")
         if ctx.runtimes[model.id].supervisor is None:
             return _error(
                 400, f"model {model.id} is a remote endpoint (backend {model.backend.value}): nothing to unload"

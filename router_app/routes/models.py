@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from .context import RouterContext
@@ -67,14 +67,19 @@ def model_routes(ctx: RouterContext) -> APIRouter:
     router = APIRouter()
 
     @router.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_entry(ctx, m.id) for m in ctx.config.models]}
+    async def list_models(request: Request) -> dict[str, Any]:
+        local = [model_entry(ctx, m.id) for m in ctx.config.models]
+        return {"object": "list", "data": local + await ctx.peer_entries(request)}
 
     @router.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str) -> Response:
+    async def get_model(request: Request, model_id: str) -> Response:
         model = ctx.find(model_id)
-        if model is None:
+        if model is not None:
+            return JSONResponse(model_entry(ctx, model.id))
+        found = await ctx.peer_for(request, model_id)
+        if found is None:
             return ctx.unknown_model(model_id)
-        return JSONResponse(model_entry(ctx, model.id))
+        peer, peer_model = found
+        return JSONResponse({**peer.models[peer_model], "peer": peer.name})
 
     return router

@@ -35,6 +35,7 @@ def status_routes(ctx: RouterContext) -> APIRouter:
             "switching": switcher.switching(),
             "backends": backends,
             "models": [ctx.model_health(m.id) for m in ctx.config.models],
+            **({"peers": ctx.fleet.report()} if ctx.fleet is not None and ctx.fleet.peers else {}),
         }
 
     @router.get("/health/all")

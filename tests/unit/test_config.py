@@ -104,3 +104,19 @@ def test_listen_socket_is_tcp_so_asyncio_disables_nagle() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_peer_entries_are_checked() -> None:
+    """router.peers: a router root URL, unique names; the errors name the entry and the fix."""
+
+    def peers(*entries: dict) -> dict:
+        return {"router": {"peers": list(entries)}, "models": [model()]}
+
+    config = parse_config(peers({"name": "gpu-2", "url": "http://10.0.0.2:8002/"}))
+    assert config.router.peers[0].url == "http://10.0.0.2:8002"
+    text = problems(peers({"name": "gpu-2", "url": "http://10.0.0.2:8002/v1"}))
+    assert "router.peers[0].url" in text and "not a router root such as http://10.0.0.2:8002" in text
+    text = problems(peers({"name": "x", "url": "http://a:1"}, {"name": "x", "url": "http://b:1"}))
+    assert "peer name 'x' is used twice" in text
+    assert "router.peers[0].name" in problems(peers({"name": "a b", "url": "http://a:1"}))
+    assert "router.peers[0].port: unknown key" in problems(peers({"name": "a", "url": "http://a:1", "port": 1}))
