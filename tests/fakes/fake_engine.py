@@ -3,11 +3,23 @@
 It answers what each engine answers, as far as the router relies on it (sources read at the
 versions the role pins; see /work/shared/research/engine-audit.md):
 
-- vllm (0.33.0): the socket opens only after the model has loaded; `/health` 200; Bearer auth on /v1
-  (`--api-key`); sleep mode `POST /sleep?level=1`, `POST /wake_up`, `GET /is_sleeping` (registered with
-  VLLM_SERVER_DEV_MODE=1).
+- vllm (0.33.0): the socket opens only after the model has loaded; `/health` 200; sleep mode
+  `POST /sleep?level=1`, `POST /wake_up`, `GET /is_sleeping` (registered with VLLM_SERVER_DEV_MODE=1).
+  Auth as vLLM's AuthenticationMiddleware (0.32.0 vllm/entrypoints/serve/middleware/authenticate.py:11-61,
+  added by serve/middleware/register.py:32-36 with `--api-key` taking precedence over env VLLM_API_KEY; 0.19.1
+  entrypoints/openai/server_utils.py:47-82, api_server.py:265-269): only paths under /v1, /v2, /inference and
+  /cohere (0.19.1: /v1) need `Authorization: Bearer <key>` (scheme case-insensitive), OPTIONS never; else 401
+  `{"error": "Unauthorized"}`. So /sleep, /wake_up and /is_sleeping stay open with `--api-key` alone. Each
+  `--middleware module.Class` is imported and added with `app.add_middleware(cls)` (0.32.0
+  serve/middleware/register.py:65-69; 0.19.1 api_server.py:295-301) as the outermost layer, like the role's
+  llm_router_engine_auth.RequireKey.
 - sglang (0.5.19 / 0.5.23 wheels): the HTTP server is up while loading and `/health` answers 503 until ready;
-  Bearer auth; `GET|POST /release_memory_occupation` and `/resume_memory_occupation`
+  auth as sglang/srt/utils/auth.py (0.5.23:74-213, 0.5.10.post1 the same but without /ready): `--api-key`
+  (also from a `--config` YAML, key `api-key`: srt/utils/server_args_config_parser.py) protects every path
+  except OPTIONS and paths starting with /health, /ready or /metrics (so /health_generate too), with
+  `Bearer <key>` (scheme case-insensitive, constant-time compare); else 401 `{"error": "Unauthorized"}`.
+  The memory routes are ADMIN_OPTIONAL, which without `--admin-api-key` takes the same `--api-key`.
+  `GET|POST /release_memory_occupation` and `/resume_memory_occupation`
   (sglang/srt/entrypoints/http_server.py 0.5.23:1575-1596) take `{"tags": [...]}` where a missing or empty
   `tags` means every type, GPU_MEMORY_ALL_TYPES = [kv_cache, weights, cuda_graph] (srt/constants.py:6-10,
   srt/managers/io_struct.py 0.5.23:2177-2190, scheduler_components/weight_updater.py 0.5.23:345-346, 386-387);
@@ -27,6 +39,8 @@ versions the role pins; see /work/shared/research/engine-audit.md):
   (sse-starlette 3.7.0 event.py:13, sse.py:500-504). Keys from api_tokens.yml in `x-api-key` (or Bearer)
   and `x-admin-key`.
 
+`/fake/*` (test introspection, no engine has it) needs no key.
+
 Replies are `tok0 tok1 ...` with OpenAI usage. Test options: `--wake-garbage` makes answers change after a wake
 (like SGLang resuming without `--enable-weights-cpu-backup`, engine-audit #5); `--wake-glitch` changes only the
 first multi-token answer after a wake (a near-tie token that flips once); `--nondeterministic` makes every
@@ -38,7 +52,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
+import os
 import random
 import time
 from datetime import UTC, datetime
@@ -53,6 +69,55 @@ from starlette.routing import Route
 SGLANG_MEMORY_TYPES = ["kv_cache", "weights", "cuda_graph"]  # sglang/srt/constants.py:6-10 GPU_MEMORY_ALL_TYPES
 TABBY_NO_MODEL = "No models are currently loaded."  # tabbyAPI common/model.py:302-307
 SSE_SEP = "\r\n"  # sse-starlette DEFAULT_SEPARATOR (event.py:13)
+VLLM_GUARDED_PREFIX = ("/v1", "/v2", "/inference", "/cohere")  # vllm 0.32.0 serve/middleware/authenticate.py:11
+SGLANG_PUBLIC_PREFIX = ("/health", "/ready", "/metrics")  # sglang 0.5.23 srt/utils/auth.py:101-105
+UNAUTHORIZED = {"error": "Unauthorized"}  # vllm authenticate.py:60, sglang utils/auth.py:193-201 (both 401)
+
+
+def bearer_matches(header: str | None, key: str) -> bool:
+    """`Bearer <key>`, scheme case-insensitive (vllm authenticate.py:30-45, sglang utils/auth.py:108-117)."""
+    scheme, _, token = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and token == key
+
+
+def engine_key(args: argparse.Namespace) -> str | None:
+    """The key the engine would use: vLLM `--api-key` else env VLLM_API_KEY (register.py:32-33); SGLang
+    `--api-key`, else `api-key`/`api_key` from the `--config` YAML (CLI > config, server_args_config_parser.py)."""
+    if args.api_key:
+        return args.api_key
+    if args.kind == "vllm":
+        return os.environ.get("VLLM_API_KEY") or None
+    if args.kind == "sglang" and args.config:
+        with open(args.config, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle) or {}
+        value = config.get("api-key", config.get("api_key"))
+        return None if value is None else str(value)
+    return None
+
+
+class EngineAuth:
+    """The engine's own API-key middleware (vLLM's or SGLang's, see the module docstring); ASGI."""
+
+    def __init__(self, app, *, kind: str, key: str | None, seen: list) -> None:
+        self.app, self.kind, self.key, self.seen = app, kind, key, seen
+
+    def guarded(self, path: str) -> bool:
+        if path.startswith("/fake/"):
+            return False
+        if self.kind == "vllm":
+            return path.startswith(VLLM_GUARDED_PREFIX)
+        return not path.startswith(SGLANG_PUBLIC_PREFIX)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not self.key or scope["method"] == "OPTIONS" or not self.guarded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        header = Request(scope).headers.get("authorization")
+        self.seen.append(header[7:] if header and header.lower().startswith("bearer ") else header)
+        if bearer_matches(header, self.key):
+            await self.app(scope, receive, send)
+            return
+        await JSONResponse(UNAUTHORIZED, 401)(scope, receive, send)
 
 
 def tabby_event(payload: dict) -> str:
@@ -106,6 +171,9 @@ def make_app(args: argparse.Namespace) -> Starlette:
         return request.headers.get("x-api-key")
 
     def client_denied(request: Request) -> Response | None:
+        """TabbyAPI's key check in its handlers; vLLM and SGLang check keys in EngineAuth (middleware)."""
+        if args.kind != "tabbyapi":
+            return None
         key = presented(request)
         state["auth_seen"].append(key)
         if api_key and key not in (api_key, admin_key):
@@ -308,7 +376,13 @@ def make_app(args: argparse.Namespace) -> Starlette:
             Route("/v1/model/unload", tabby_unload, methods=["POST"]),
             Route("/v1/model/load", tabby_load, methods=["POST"]),
         ]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    if args.kind in ("vllm", "sglang"):
+        app.add_middleware(EngineAuth, kind=args.kind, key=engine_key(args), seen=state["auth_seen"])
+    for path in args.middleware:  # vLLM --middleware: added last, so outermost
+        module, _, name = path.rpartition(".")
+        app.add_middleware(getattr(importlib.import_module(module), name))
+    return app
 
 
 def main() -> None:
@@ -319,6 +393,8 @@ def main() -> None:
     parser.add_argument("--model-name", default=None, help="tabbyapi: model loaded at start")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--api-tokens", default=None, help="tabbyapi: api_tokens.yml")
+    parser.add_argument("--config", default=None, help="sglang: YAML of flags (api-key)")
+    parser.add_argument("--middleware", action="append", default=[], help="vllm: ASGI middleware class to add")
     parser.add_argument("--load-seconds", type=float, default=0.3)
     parser.add_argument("--token-delay", type=float, default=0.0)
     parser.add_argument("--wake-garbage", action="store_true", help="answers change after a wake (other weights)")

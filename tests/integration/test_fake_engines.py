@@ -11,6 +11,7 @@ Everything else here (router, supervisor, real subprocesses, HTTP) is real.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,9 @@ from tests.conftest import FAKE_ENGINE, fake_model, sse_events, wait_until
 
 
 def stats(router, model_id: str) -> dict:
-    return httpx.get(f"http://127.0.0.1:{router.engine_port(model_id)}/fake/stats", timeout=10).json()
+    """The fake's introspection; with the test's engine key, which RequireKey demands on every route."""
+    url = f"http://127.0.0.1:{router.engine_port(model_id)}/fake/stats"
+    return httpx.get(url, headers={"Authorization": "Bearer sk-engine-secret"}, timeout=10).json()
 
 
 def chat(client: openai.OpenAI, model: str, **kwargs):
@@ -41,21 +44,78 @@ def key_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_vllm_bearer_key_and_sleep_mode(start_router, key_file) -> None:
+ROLE_FILES = Path(__file__).resolve().parents[2] / "roles/llm_router/files"
+UNAUTHORIZED = {"error": "Unauthorized"}  # vllm 0.32.0 serve/middleware/authenticate.py:60, sglang utils/auth.py
+
+
+def vllm_keyed(model_id: str, key_file: Path, **fields) -> dict:
+    """A vLLM model as the role starts it: VLLM_API_KEY from the key file (start script) and
+    `--middleware llm_router_engine_auth.RequireKey` (roles/llm_router/files) found on PYTHONPATH."""
+    env = {"VLLM_API_KEY": key_file.read_text().strip(), "PYTHONPATH": str(ROLE_FILES)}
+    return fake_model(
+        "vllm",
+        model_id,
+        "--middleware",
+        "llm_router_engine_auth.RequireKey",
+        api_key_file=str(key_file),
+        env=env,
+        **fields,
+    )
+
+
+def engine_answers(router, model_id: str, method: str, path: str, key: str | None = None) -> tuple[int, object]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = f"http://127.0.0.1:{router.engine_port(model_id)}{path}"
+    response = httpx.request(method, url, headers=headers, timeout=10)
+    return response.status_code, response.json() if response.content else None
+
+
+def test_vllm_api_key_alone_leaves_sleep_open() -> None:
+    """Why the role adds a middleware: vLLM's AuthenticationMiddleware checks only GUARDED_PREFIX paths
+    ("/v1", "/v2", "/inference", "/cohere"; vllm 0.32.0 serve/middleware/authenticate.py:11,59; 0.19.1
+    entrypoints/openai/server_utils.py:80 only "/v1"), and /sleep, /wake_up, /is_sleeping are registered at the
+    root (0.32.0 serve/dev/sleep/api_router.py:26,44,58)."""
+    port = free_port("127.0.0.1")
+    engine = subprocess.Popen(
+        [sys.executable, str(FAKE_ENGINE), "--kind", "vllm", "--port", str(port), "--load-seconds", "0"],
+        env={**os.environ, "VLLM_API_KEY": "sk-engine-secret"},
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _up(base + "/health"), "vLLM fake to listen")
+        denied = httpx.post(base + "/v1/completions", json={"prompt": "x"}, timeout=10)
+        assert (denied.status_code, denied.json()) == (401, UNAUTHORIZED)
+        assert httpx.post(base + "/sleep", params={"level": "1"}, timeout=10).status_code == 200
+        assert httpx.get(base + "/is_sleeping", timeout=10).json() == {"is_sleeping": True}
+    finally:
+        engine.terminate()
+        engine.wait(10)
+
+
+def test_vllm_engine_key_on_every_route_and_sleep_mode(start_router, key_file) -> None:
+    """The role's vLLM: the key in VLLM_API_KEY (vllm 0.32.0 serve/middleware/register.py:32-36, envs.py:820)
+    plus files/llm_router_engine_auth.RequireKey via `--middleware` (0.32.0 entrypoints/launchers/cli_args.py:
+    351-356 and serve/middleware/register.py:65-69; 0.19.1 entrypoints/openai/cli_args.py:260 and
+    api_server.py:295-301): no route answers without the key, and the router's probes, sleep and wake carry it."""
     router = start_router(
         [
-            fake_model(
-                "vllm", "v1", "--api-key", "sk-engine-secret", api_key_file=str(key_file), evict="sleep", group="gpu0"
-            ),
-            fake_model(
-                "vllm", "v2", "--api-key", "sk-engine-secret", api_key_file=str(key_file), evict="sleep", group="gpu0"
-            ),
+            vllm_keyed("v1", key_file, evict="sleep", group="gpu0"),
+            vllm_keyed("v2", key_file, evict="sleep", group="gpu0"),
         ]
     )
     client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
     assert chat(client, "v1").choices[0].message.content == "tok0 tok1 tok2 "
-    assert "sk-engine-secret" in stats(router, "v1")["auth_seen"]
     pid = router.engine_pid("v1")
+    for method, path in [
+        ("POST", "/sleep"),
+        ("POST", "/wake_up"),
+        ("GET", "/is_sleeping"),
+        ("GET", "/health"),
+        ("POST", "/v1/completions"),
+    ]:
+        assert engine_answers(router, "v1", method, path) == (401, UNAUTHORIZED), path
+        assert engine_answers(router, "v1", method, path, key="unused") == (401, UNAUTHORIZED), path
+    assert engine_answers(router, "v1", "GET", "/is_sleeping", key="sk-engine-secret") == (200, {"is_sleeping": False})
 
     assert chat(client, "v2").model == "v2"
     states = {m["id"]: m["state"] for m in router.health()["models"]}
@@ -83,6 +143,37 @@ def test_sglang_health_503_while_loading_then_memory_release(start_router) -> No
     assert stats(router, "Qwen/Qwen2.5-7B")["wakes"] == 1 and stats(router, "s2")["sleeps"] == 1
     health = httpx.get(router.url + "/health/Qwen%2FQwen2.5-7B").json()
     assert health["id"] == "Qwen/Qwen2.5-7B" and health["state"] == "ready"
+
+
+def test_sglang_engine_key_from_config_file_and_memory_release(start_router, key_file, tmp_path) -> None:
+    """The role's SGLang: `--config <yaml>` with `api-key` (sglang 0.5.23 srt/server_args.py:683-689 merges it
+    into the flags, srt/utils/server_args_config_parser.py; 0.5.10.post1 server_args.py:6530-6536). Its
+    middleware (srt/utils/auth.py 0.5.23:74-213) leaves /health* public and guards everything else, the
+    ADMIN_OPTIONAL memory routes (http_server.py 0.5.23:1575-1596) with the api key when no admin key is set;
+    the router's release/resume calls carry the key."""
+    config = tmp_path / "sglang.yaml"
+    config.write_text('api-key: "sk-engine-secret"\n')
+    router = start_router(
+        [
+            fake_model("sglang", "s1", "--config", str(config), api_key_file=str(key_file), evict="sleep"),
+            fake_model("sglang", "s2", "--config", str(config), api_key_file=str(key_file), evict="sleep"),
+        ]
+    )
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
+    assert chat(client, "s1").model == "s1"
+    assert chat(client, "s2").model == "s2"
+    assert chat(client, "s1").model == "s1"
+    assert stats(router, "s1")["sleeps"] == 1 and stats(router, "s1")["wakes"] == 1
+    assert stats(router, "s2")["sleeps"] == 1
+    assert set(stats(router, "s1")["auth_seen"]) == {"sk-engine-secret"}, "every guarded call had the key"
+    for method, path in [
+        ("POST", "/release_memory_occupation"),
+        ("GET", "/resume_memory_occupation"),
+        ("POST", "/v1/chat/completions"),
+    ]:
+        assert engine_answers(router, "s1", method, path) == (401, UNAUTHORIZED), path
+        assert engine_answers(router, "s1", method, path, key="unused") == (401, UNAUTHORIZED), path
+    assert engine_answers(router, "s1", "GET", "/health")[0] == 200  # public in SGLang (auth.py:101-106)
 
 
 def test_tabbyapi_keys_from_api_tokens_and_admin_unload_load(start_router, tmp_path) -> None:

@@ -313,3 +313,49 @@ def test_embeddings(start_router, llama_server_bin, models_dir) -> None:
     client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
     result = client.embeddings.create(model="embed", input=["hello", "world"])
     assert result.model == "embed" and len(result.data) == 2 and len(result.data[0].embedding) == 64
+
+
+def test_engine_key_file_guards_llama_server_and_the_router_sends_it(
+    start_router, llama_server_bin: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    """llama-server b11312 with `--api-key-file` (common/arg.cpp:3502-3517: one key per line, `#` lines are
+    comments; env LLAMA_ARG_API_KEY_FILE): the pre-routing middleware (tools/server/server-http.cpp:260-305,
+    331-359) lets only /health, /v1/health and the web UI assets through without a key; every other path
+    (/v1/models, /props, /completion, /v1/chat/completions, ...) needs `Authorization: Bearer <key>` (or
+    X-Api-Key) and otherwise answers 401 {"error": {"message": "Invalid API Key", "type":
+    "authentication_error", "code": 401}}. The router sends the model's api_key_file key on its readiness probe
+    and on every proxied request, never the client's key."""
+    key_file = tmp_path / "engine.key"
+    key_file.write_text("# engine key\nsk-engine-llama\n")
+    router = start_router(
+        [
+            llama_model(
+                llama_server_bin,
+                models_dir / "tiny-a.gguf",
+                "tiny-a",
+                "--api-key-file",
+                str(key_file),
+                api_key_file=str(key_file),
+            )
+        ]
+    )
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="sk-client-not-the-engine-key")
+    reply = client.chat.completions.create(model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert reply.choices[0].message.content is not None
+    events, _ = chat_stream(router.url, "tiny-a", max_tokens=4)
+    assert any(e.get("choices") for e in events)
+
+    engine = f"http://127.0.0.1:{router.engine_port('tiny-a')}"
+    invalid = {"error": {"message": "Invalid API Key", "type": "authentication_error", "code": 401}}
+    for method, path in [
+        ("GET", "/v1/models"),
+        ("GET", "/props"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/completion"),
+    ]:
+        for headers in ({}, {"Authorization": "Bearer sk-client-not-the-engine-key"}):
+            response = httpx.request(method, engine + path, headers=headers, json={}, timeout=10)
+            assert (response.status_code, response.json()) == (401, invalid), (method, path, headers)
+    assert httpx.get(engine + "/health", timeout=10).status_code == 200  # public by design
+    authorised = httpx.get(engine + "/v1/models", headers={"Authorization": "Bearer sk-engine-llama"}, timeout=10)
+    assert authorised.status_code == 200

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -851,3 +852,118 @@ def test_openwebui_env_holds_a_client_key_and_the_llamacpp_provider() -> None:
         "mode": "0600",
     }
     assert env_task["no_log"] is True
+
+
+# --- Engine keys: one per model, from a systemd credential, never in argv --------------------------------------
+
+# A stand-in engine: prints what it got (argv, VLLM_API_KEY, the --config YAML), as JSON.
+STUB_ENGINE = """#!/usr/bin/env python3
+import json, os, sys
+argv = sys.argv[1:]
+config = argv[argv.index("--config") + 1] if "--config" in argv else None
+print(json.dumps({"argv": argv, "vllm_api_key": os.environ.get("VLLM_API_KEY"),
+                  "config": open(config).read() if config else None,
+                  "config_mode": oct(os.stat(config).st_mode & 0o777) if config else None}))
+"""
+
+
+def test_engine_keys_reach_each_engine_from_its_credential_and_not_through_argv(tmp_path: Path) -> None:
+    """The start scripts hand the unit's credential ($CREDENTIALS_DIRECTORY/engine.key, LoadCredential= in
+    llm-model@.service) to each engine the way its source reads keys, never as an argument (argv is public in
+    ps): llama-server `--api-key-file FILE` (b11312 common/arg.cpp:3502-3517, one key per line); vLLM env
+    VLLM_API_KEY (0.32.0 envs.py:820, serve/middleware/register.py:32-36; 0.19.1 envs.py:649,
+    entrypoints/openai/api_server.py:265-269) plus `--middleware llm_router_engine_auth.RequireKey` on PYTHONPATH;
+    SGLang `--config X.yaml` with `api-key` (0.5.23 srt/server_args.py:683-689 and
+    srt/utils/server_args_config_parser.py: YAML keys are flag names, the suffix must be .yaml/.yml; 0.5.10.post1
+    srt/server_args.py:6530-6536, srt/server_args_config_parser.py). The router's config names the same file."""
+    stub = tmp_path / "engine"
+    stub.write_text(STUB_ENGINE)
+    stub.chmod(0o755)
+    paths = {**PATHS, "base_dir": str(tmp_path), "llama_server": str(stub), "sglang_python": str(stub)}
+    paths["vllm_bin"] = str(stub)
+    models = filters.normalize_models(
+        [
+            {"id": "l", "backend": "llamacpp", "model": "/m/l.gguf"},
+            {"id": "v", "backend": "vllm", "model": "/m/v", "evict": "sleep", "env": {"PYTHONPATH": "/x"}},
+            {"id": "s", "backend": "sglang", "model": "/m/s"},
+            {"id": "t", "backend": "tabbyapi", "model": "/m/t-exl3"},
+            {"id": "r", "backend": "openai", "url": "https://example.invalid/v1", "api_key_file": "/etc/r.key"},
+        ],
+        8100,
+        paths,
+        ["90"],
+        "cuda",
+    )
+    llama, vllm, sglang, tabby, _ = models
+    for model in (llama, vllm, sglang):
+        assert model["api_key_file"] == f"/etc/llm-router/engine-keys/{model['slug']}.key"
+    assert "api_key_file" not in tabby  # TabbyAPI keeps its api_tokens.yml
+    assert vllm["env"]["PYTHONPATH"] == f"{tmp_path}/lib/python:/x"
+    assert vllm["argv"][-2:] == ["--middleware", "llm_router_engine_auth.RequireKey"]
+
+    config = filters.router_config(models, {"supervisor": "systemd"}, "/etc/llm-router", ENGINE_IDS)
+    parse_config(config)
+    keys = {m["id"]: m.get("api_key_file") for m in config["models"]}
+    assert keys == {
+        "l": "/etc/llm-router/engine-keys/l.key",
+        "v": "/etc/llm-router/engine-keys/v.key",
+        "s": "/etc/llm-router/engine-keys/s.key",
+        "t": None,
+        "r": "/etc/r.key",
+    }
+
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "engine.key").write_text("sk-engine-abc123\n")
+    env = {"PATH": "/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(credentials), "TMPDIR": str(tmp_path)}
+
+    def run(model: dict) -> dict:
+        script = tmp_path / f"{model['slug']}.sh"
+        script.write_text(render("model-start.sh.j2", item=model))
+        result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True)
+        return json.loads(result.stdout)
+
+    got = run(llama)
+    assert got["argv"][-2:] == ["--api-key-file", f"{credentials}/engine.key"]
+    got = run(vllm)
+    assert got["vllm_api_key"] == "sk-engine-abc123" and "--api-key" not in got["argv"]
+    got = run(sglang)
+    assert got["argv"][-2] == "--config" and got["argv"][-1].endswith(".yaml")
+    assert yaml.safe_load(got["config"]) == {"api-key": "sk-engine-abc123"} and got["config_mode"] == "0o600"
+    for model in (llama, vllm, sglang):
+        assert "sk-engine-abc123" not in json.dumps(run(model)["argv"])
+        assert "sk-engine" not in render("model-start.sh.j2", item=model) + render("model.env.j2", item=model)
+
+    missing = subprocess.run(
+        ["bash", "-c", render("model-start.sh.j2", item=llama)],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode != 0 and "LoadCredential=engine.key" in missing.stderr
+
+    unit = render(
+        "llm-model@.service.j2",
+        llm_router_engine_user="llm-engine",
+        llm_router_user="llm-router",
+        llm_router_config_dir="/etc/llm-router",
+        llm_router_state_dir="/var/lib/llm-router",
+        llm_router_base_dir="/opt/llm-router",
+        _llm_router_paths={"tabbyapi_dir": PATHS["tabbyapi_dir"], "tabbyapi_exl2_dir": PATHS["tabbyapi_exl2_dir"]},
+    )
+    assert "LoadCredential=engine.key:/etc/llm-router/engine-keys/%i.key" in unit.splitlines()
+    assert "PrivateTmp=yes" in unit.splitlines()  # the SGLang YAML stays in the unit's own /tmp
+
+
+def test_engine_key_paths_keep_revisions_stable_and_the_middleware_module_loads(monkeypatch) -> None:
+    """The revision covers the key's path, not its content: the same on every run. The middleware module that
+    vLLM imports (files/llm_router_engine_auth.py) refuses to start without a key rather than leave vLLM open."""
+    fleet = [{"id": "a", "backend": "llamacpp", "model": "/srv/a.gguf"}, {"id": "v", "backend": "vllm", "model": "/v"}]
+    assert revisions(fleet) == revisions(fleet)
+    spec = importlib.util.spec_from_file_location("auth", ROLE / "files/llm_router_engine_auth.py")
+    auth = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(auth)
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    with pytest.raises(RuntimeError, match="VLLM_API_KEY is empty"):
+        auth.RequireKey(lambda *a: None)

@@ -394,6 +394,9 @@ def _engine_command(
         _flag(argv, "--gpu-memory-utilization", model.get("mem_fraction"))
         if model.get("evict") == "sleep":
             argv.append("--enable-sleep-mode")
+        # The engine key on every route, not only /v1 (files/llm_router_engine_auth.py; vllm 0.32.0
+        # entrypoints/launchers/cli_args.py:351-356 `--middleware`, 0.19.1 entrypoints/openai/cli_args.py:260).
+        argv += ["--middleware", VLLM_AUTH_MIDDLEWARE]
     elif backend == "tabbyapi":
         exl2 = str(model.get("format", "")).lower() == "exl2"
         checkout = paths["tabbyapi_exl2_dir"] if exl2 else paths["tabbyapi_dir"]
@@ -409,6 +412,17 @@ def _engine_command(
     else:
         raise FilterError(f"backend {backend!r} has no engine command")
     return argv + extra, workdir
+
+
+# Engines the role gives their own API key (`<config_dir>/engine-keys/<slug>.key`, handed to the unit by systemd
+# LoadCredential=; templates/model-start.sh.j2 passes it on). TabbyAPI has its own api_tokens.yml.
+KEYED_BACKENDS = ("llamacpp", "sglang", "vllm")
+VLLM_AUTH_MIDDLEWARE = "llm_router_engine_auth.RequireKey"
+
+
+def engine_key_file(config_dir: str, slug: str) -> str:
+    """Where the role keeps a local model's engine key (read by the router as the model's api_key_file)."""
+    return f"{config_dir}/engine-keys/{slug}.key"
 
 
 # vLLM refuses to start when free memory < total x gpu_memory_utilization (0.33.0 vllm/v1/worker/utils.py:716-766;
@@ -545,6 +559,11 @@ def normalize_models(
             env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # indices as nvidia-smi/NVML number them
         if model["backend"] == "vllm" and model["evict"] == "sleep":
             env.setdefault("VLLM_SERVER_DEV_MODE", "1")
+        if model["backend"] in KEYED_BACKENDS:
+            model["api_key_file"] = engine_key_file(paths.get("config_dir", "/etc/llm-router"), model["slug"])
+        if model["backend"] == "vllm":
+            lib = f"{paths.get('base_dir', '/opt/llm-router')}/lib/python"  # the --middleware module
+            env["PYTHONPATH"] = f"{lib}:{env['PYTHONPATH']}" if env.get("PYTHONPATH") else lib
         if model["backend"] in GPU_BACKENDS and accelerator == "cuda" and cuda_home:
             env.setdefault("CUDA_HOME", cuda_home)
             env.setdefault("PATH", f"{cuda_home}/bin:{SYSTEM_PATH}")
@@ -597,6 +616,7 @@ def model_revision(model: dict[str, Any], engine_ids: dict[str, str]) -> str:
         "workdir": str(model.get("workdir", "")),
         "tabbyapi": tabby,
         "engine": str(engine_ids.get(engine_key(model), "")),
+        "api_key_file": str(model.get("api_key_file") or ""),  # the path only, never the key
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -634,6 +654,8 @@ def router_config(
         else:
             entry["port"] = model["port"]
             entry["unit"] = model["unit"]
+            if model.get("api_key_file"):
+                entry["api_key_file"] = model["api_key_file"]
             if engine_ids is not None:
                 entry["revision"] = model_revision(model, engine_ids)
             if model.get("gpus") not in (None, ""):
