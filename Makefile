@@ -47,7 +47,7 @@ molecule: $(STAMP) llama-server
 	set -e; \
 	rootfs="$$(molecule/scripts/rootfs.sh)"; \
 	llama_bin="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)"; \
-	archive="$$(dirname "$$(dirname "$$(dirname "$$llama_bin")")")/src/llama.cpp-b11312.tar.gz"; \
+	archive="$$(dirname "$$(dirname "$$(dirname "$$llama_bin")")")/src/llama_cpp_python-0.3.36.tar.gz"; \
 	models="$$(mktemp -d)"; \
 	$(BIN)/python -m router_app.devtools.tiny_gguf "$$models/tiny-a.gguf" --name tiny-a --seed 1 >/dev/null; \
 	$(BIN)/python -m router_app.devtools.tiny_gguf "$$models/tiny-b.gguf" --name tiny-b --seed 2 >/dev/null; \

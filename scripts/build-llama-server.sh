@@ -4,13 +4,17 @@
 # registries), and cache it under ~/.cache/llm-router keyed by build number.
 #
 # Prints the path of the binary on stdout. Idempotent: a cached binary is reused.
-# Also leaves a source archive llama.cpp-b<N>.tar.gz in the cache, which the
-# Ansible role tests use in place of the upstream release archive.
+# Keeps the sdist in the cache (src/llama_cpp_python-<version>.tar.gz): it is the
+# role's default llama.cpp source, and Molecule (make molecule) passes this file to
+# the role. Also leaves src/llama.cpp-b<N>.tar.gz, the vendored tree alone, to read.
 set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 LLAMA_BUILD_NUMBER="${LLAMA_BUILD_NUMBER:-11312}"
 LLAMA_BUILD_COMMIT="${LLAMA_BUILD_COMMIT:-0c1e570}"
+# sha256 of llama_cpp_python-0.3.36.tar.gz on PyPI (its link's #sha256= in https://pypi.org/simple/llama-cpp-python/);
+# the role's default llm_router_llamacpp_checksum is the same (tests/unit/test_llamacpp_source.py).
+LLAMA_CPP_PYTHON_SHA256="${LLAMA_CPP_PYTHON_SHA256:-832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e}"
 CACHE_ROOT="${LLM_ROUTER_CACHE:-$HOME/.cache/llm-router}"
 PYTHON="${PYTHON:-python3}"
 JOBS="${JOBS:-$(nproc)}"
@@ -18,10 +22,11 @@ JOBS="${JOBS:-$(nproc)}"
 dest="$CACHE_ROOT/llama-server/b$LLAMA_BUILD_NUMBER"
 bin="$dest/llama-server"
 archive="$CACHE_ROOT/src/llama.cpp-b$LLAMA_BUILD_NUMBER.tar.gz"
+sdist="$CACHE_ROOT/src/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
 
 log() { echo "build-llama-server: $*" >&2; }
 
-if [[ -x "$bin" && -f "$archive" ]] && "$bin" --version >/dev/null 2>&1; then
+if [[ -x "$bin" && -f "$archive" && -f "$sdist" ]] && "$bin" --version >/dev/null 2>&1; then
   echo "$bin"
   exit 0
 fi
@@ -34,11 +39,14 @@ mkdir -p "$CACHE_ROOT/src" "$dest"
 work="$(mktemp -d "$CACHE_ROOT/build.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
-sdist="$CACHE_ROOT/src/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
 if [[ ! -f "$sdist" ]]; then
   log "downloading llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION sdist"
   "$PYTHON" -m pip download --quiet --no-deps --no-binary llama-cpp-python \
     -d "$work/dl" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+  echo "$LLAMA_CPP_PYTHON_SHA256  $work/dl/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz" | sha256sum -c --quiet - >&2 || {
+    log "the sdist's sha256 is not LLAMA_CPP_PYTHON_SHA256=$LLAMA_CPP_PYTHON_SHA256 (set it for another version)"
+    exit 1
+  }
   mv "$work/dl/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz" "$sdist"
 fi
 

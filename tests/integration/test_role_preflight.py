@@ -184,6 +184,83 @@ def test_llamacpp_version_must_be_a_build_tag(tmp_path: Path) -> None:
     assert result.returncode != 0 and "is not a bNNNN release tag" in result.stdout
 
 
+GGUF = [{"id": "g", "backend": "llamacpp", "model": "/srv/g.gguf"}]
+GITHUB_B11400 = "https://github.com/ggml-org/llama.cpp/archive/refs/tags/b11400.tar.gz"
+
+
+def test_llamacpp_source_url_needs_a_checksum(tmp_path: Path) -> None:
+    """Issue 10: a URL source is downloaded only with a checksum (get_url's <algorithm>:<digest>), unless the user
+    opts out with `none`; a file on the controller needs none."""
+    github = {
+        "llm_router_accelerator": "cpu",
+        "llm_router_models": GGUF,
+        "llm_router_llamacpp_version": "b11400",
+        "llm_router_llamacpp_source": GITHUB_B11400,
+        "llm_router_llamacpp_archive_dir": "llama.cpp-b11400",
+    }
+    result = preflight(tmp_path, **github, llm_router_llamacpp_checksum="")
+    assert result.returncode != 0
+    out = result.stdout
+    assert f"llm_router_llamacpp_source {GITHUB_B11400} is a URL, so llm_router_llamacpp_checksum must pin" in out, out[
+        -3000:
+    ]
+    assert "or to none to download it unverified" in out
+    for checksum in ("none", "sha256:" + "0" * 64):
+        result = preflight(tmp_path, **github, llm_router_llamacpp_checksum=checksum)
+        assert result.returncode == 0, (checksum, result.stdout[-3000:])
+    result = preflight(
+        tmp_path,
+        llm_router_accelerator="cpu",
+        llm_router_models=GGUF,
+        llm_router_llamacpp_source="/srv/llama_cpp_python-0.3.36.tar.gz",
+        llm_router_llamacpp_checksum="",
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_llamacpp_source_must_match_its_version_and_folder(tmp_path: Path) -> None:
+    """The default sdist vendors b11312 (llama-cpp-python 0.3.36 CHANGELOG.md: "update llama.cpp to
+    ggml-org/llama.cpp@0c1e57098"); a GitHub tag archive bNNNN.tar.gz unpacks to llama.cpp-bNNNN."""
+    result = preflight(
+        tmp_path, llm_router_accelerator="cpu", llm_router_models=GGUF, llm_router_llamacpp_version="b11400"
+    )
+    assert result.returncode != 0
+    assert "that sdist vendors llama.cpp b11312" in result.stdout, result.stdout[-3000:]
+    result = preflight(
+        tmp_path,
+        llm_router_accelerator="cpu",
+        llm_router_models=GGUF,
+        llm_router_llamacpp_version="b11400",
+        llm_router_llamacpp_source=GITHUB_B11400,
+        llm_router_llamacpp_checksum="none",
+    )
+    assert result.returncode != 0
+    assert "llm_router_llamacpp_archive_dir llama_cpp_python-0.3.36/vendor/llama.cpp:" in result.stdout
+    assert "needs llm_router_llamacpp_version bNNNN and llm_router_llamacpp_archive_dir llama.cpp-bNNNN" in (
+        result.stdout
+    )
+
+
+def test_default_llamacpp_source_builds_the_vendored_tree(tmp_path: Path) -> None:
+    """The default source is the llama-cpp-python 0.3.36 sdist (PyPI simple index, link #sha256=832db069...), the
+    same tree scripts/build-llama-server.sh builds for the tests: the build script cds into its vendor/llama.cpp.
+    Check mode with --diff shows the rendered script without writing it."""
+    result = preflight(
+        tmp_path,
+        "--check",
+        "--diff",
+        "--tags",
+        "llm_router_llamacpp",
+        llm_router_accelerator="cpu",
+        llm_router_models=GGUF,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    out = result.stdout
+    assert "\n+src=/opt/llm-router/build/llama_cpp_python-0.3.36/vendor/llama.cpp\n" in out, out[-3000:]
+    assert "\n+# Source: llama_cpp_python-0.3.36/vendor/llama.cpp of https://files.pythonhosted.org/packages/" in out
+    assert "\n+  -DLLAMA_BUILD_NUMBER=11312 \\\n" in out
+
+
 def test_sglang_pin_must_fit_cuda_12(tmp_path: Path) -> None:
     result = preflight(
         tmp_path,
@@ -322,7 +399,9 @@ def test_molecule_hosts_pass_preflight_in_check_mode(tmp_path: Path) -> None:
     """Both Molecule hosts' inventories pass the schema and weights checks (the CPU host's GGUF files come
     by `source:`, the render-only GPU host has no weights)."""
     text = (ROOT / "molecule/default/molecule.yml").read_text()
-    text = text.replace("${MOLECULE_MODELS_DIR}", str(tmp_path)).replace("${LLAMACPP_ARCHIVE}", "/nonexistent.tar.gz")
+    text = text.replace("${MOLECULE_MODELS_DIR}", str(tmp_path)).replace(
+        "${LLAMACPP_ARCHIVE}", "/nonexistent/llama_cpp_python-0.3.36.tar.gz"
+    )
     hosts = yaml.safe_load(text)["provisioner"]["inventory"]["host_vars"]
     for name, host_vars in hosts.items():
         result = preflight(tmp_path, "--check", **{"llm_router_render_only": False, **host_vars})
