@@ -18,11 +18,36 @@ import yaml
 from router_app.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "llm_router_filters", ROOT / "roles/llm_router/filter_plugins/llm_router.py"
-)
-filters = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(filters)
+
+
+def _load(name: str):
+    """A filter_plugins module by file path, as Ansible loads it (each file is a plugin of its own)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"roles/llm_router/filter_plugins/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+models_f = _load("llm_router_models")  # normalisation, engine command lines, ports
+engines_f = _load("llm_router_engines")  # CUDA archs, Pythons, install lanes, venvs
+config_f = _load("llm_router_config")  # the router's config.yml, sudoers
+
+
+def test_each_filter_has_one_module_and_every_used_filter_exists() -> None:
+    """Ansible loads every filter_plugins/*.py as a plugin of its own and keys filters by name alone: a name
+    defined twice would shadow the other, one the role calls but no module defines fails only at run time."""
+    names = [
+        name
+        for path in sorted((ROOT / "roles/llm_router/filter_plugins").glob("*.py"))
+        for name in _load(path.stem).FilterModule().filters()
+    ]
+    assert len(names) == len(set(names))
+    sources = [
+        p for d in ("roles", "molecule", "playbooks") for p in (ROOT / d).rglob("*") if p.suffix in (".yml", ".j2")
+    ]
+    used = {name for p in sources for name in re.findall(r"\|[ \t]*(llm_router_\w+)", p.read_text())}
+    assert used and used <= set(names), used - set(names)
+
 
 PATHS = {
     "base_dir": "/opt/llm-router",
@@ -39,20 +64,22 @@ PATHS = {
     ("caps", "archs"), [(["9.0", "12.0"], ["90", "120a"]), (["8.9", "9.0", "9.0"], ["89", "90"]), ([], [])]
 )
 def test_cuda_architectures(caps: list[str], archs: list[str]) -> None:
-    assert filters.cuda_architectures(caps) == archs
+    assert engines_f.cuda_architectures(caps) == archs
 
 
 def test_cuda_architectures_rejects_garbage() -> None:
-    with pytest.raises(filters.FilterError, match=r"not like '9\.0'"):
-        filters.cuda_architectures(["sm_90"])
+    with pytest.raises(engines_f.FilterError, match=r"not like '9\.0'"):
+        engines_f.cuda_architectures(["sm_90"])
 
 
 def test_slug() -> None:
-    assert filters.model_slug("Qwen/Qwen2.5-72B-Instruct-AWQ") == "qwen-qwen2-5-72b-instruct-awq"
+    assert models_f.model_slug("Qwen/Qwen2.5-72B-Instruct-AWQ") == "qwen-qwen2-5-72b-instruct-awq"
 
 
 def normalize(models, **kwargs):
-    return filters.normalize_models(models, 8100, PATHS, kwargs.get("archs", ["90", "120a"]), kwargs.get("acc", "cuda"))
+    return models_f.normalize_models(
+        models, 8100, PATHS, kwargs.get("archs", ["90", "120a"]), kwargs.get("acc", "cuda")
+    )
 
 
 def test_engine_commands_carry_inventory_flags() -> None:
@@ -122,7 +149,7 @@ def test_cpu_mode_keeps_llama_on_cpu_and_no_flashinfer_on_hopper_only() -> None:
     ],
 )
 def test_inventory_errors(models, message) -> None:
-    with pytest.raises(filters.FilterError, match=message):
+    with pytest.raises(models_f.FilterError, match=message):
         normalize(models)
 
 
@@ -136,13 +163,13 @@ def test_engine_ports_do_not_move_when_the_model_list_changes() -> None:
     reordered = normalize([*listed[::-1], {"id": "r", "backend": "openai", "url": "https://example.invalid/v1"}])
     assert {m["id"]: m.get("port") for m in reordered} == before | {"r": None}
     assert {m["id"]: m["port"] for m in normalize(listed[1:])} == {k: v for k, v in before.items() if k != "a"}
-    assert all(8100 <= port < 8100 + filters.ENGINE_PORT_SPAN for port in before.values())
-    assert before["a"] == 8100 + filters.zlib.crc32(b"a") % filters.ENGINE_PORT_SPAN
+    assert all(8100 <= port < 8100 + models_f.ENGINE_PORT_SPAN for port in before.values())
+    assert before["a"] == 8100 + models_f.zlib.crc32(b"a") % models_f.ENGINE_PORT_SPAN
 
 
 def test_engine_port_collisions_resolve_in_slug_order_and_explicit_ports_win() -> None:
-    span = filters.ENGINE_PORT_SPAN
-    slot = {s: filters.zlib.crc32(s.encode()) % span for s in (f"m{i}" for i in range(200))}
+    span = models_f.ENGINE_PORT_SPAN
+    slot = {s: models_f.zlib.crc32(s.encode()) % span for s in (f"m{i}" for i in range(200))}
     by_slot: dict[int, list[str]] = {}
     for slug, offset in slot.items():
         by_slot.setdefault(offset, []).append(slug)
@@ -155,8 +182,8 @@ def test_engine_port_collisions_resolve_in_slug_order_and_explicit_ports_win() -
     explicit = normalize([*models, {"id": "pinned", "backend": "vllm", "model": "/m/p", "port": taken}])
     assert {m["id"]: m["port"] for m in explicit}["pinned"] == taken
     assert taken not in [m["port"] for m in explicit if m["id"] != "pinned"]
-    with pytest.raises(filters.FilterError, match="llm_router_engine_base_port 65000"):
-        filters.normalize_models(models, 65000, PATHS, ["90"], "cuda")
+    with pytest.raises(models_f.FilterError, match="llm_router_engine_base_port 65000"):
+        models_f.normalize_models(models, 65000, PATHS, ["90"], "cuda")
 
 
 def test_rendered_router_config_is_valid_for_the_router() -> None:
@@ -175,12 +202,12 @@ def test_rendered_router_config_is_valid_for_the_router() -> None:
         ]
     )
     settings = {"supervisor": "systemd", "systemctl": ["sudo", "-n", "/usr/bin/systemctl"], "port": 8002}
-    config = parse_config(filters.router_config(models, settings, "/etc/llm-router"))
+    config = parse_config(config_f.router_config(models, settings, "/etc/llm-router"))
     qwen, tabby, remote = config.models
     assert qwen.unit == "llm-model@qwen-qwen2-5-7b.service" and qwen.port == models[0]["port"] and qwen.evict == "sleep"
     assert tabby.tabby_model_name == "T-exl3" and str(tabby.api_tokens_file).endswith("main/api_tokens.yml")
     assert remote.url == "https://example.invalid/v1"
-    assert filters.sudoers_commands(models) == [
+    assert config_f.sudoers_commands(models) == [
         "/usr/bin/systemctl start llm-model@qwen-qwen2-5-7b.service",
         "/usr/bin/systemctl stop llm-model@qwen-qwen2-5-7b.service",
         "/usr/bin/systemctl start llm-model@t.service",
@@ -228,7 +255,7 @@ def test_vllm_leaves_room_for_sleeping_neighbours() -> None:
 def test_gpu_engines_get_cuda_home_and_path() -> None:
     """Triton/FlashInfer JIT look up CUDA_HOME and nvcc on PATH (engines-and-ansible.md §3: "Unset CUDA_HOME ->
     export /usr/local/cuda-<ver>"); systemd's EnvironmentFile does not expand $PATH, so PATH is written out."""
-    models = filters.normalize_models(
+    models = models_f.normalize_models(
         [
             {"id": "s", "backend": "sglang", "model": "/m/s"},
             {"id": "v", "backend": "vllm", "model": "/m/v"},
@@ -338,7 +365,7 @@ def test_model_unit_lets_tabbyapi_write_its_logs() -> None:
 
 
 def test_model_env_file_quotes_values() -> None:
-    (model,) = filters.normalize_models(
+    (model,) = models_f.normalize_models(
         [{"id": "v", "backend": "vllm", "model": "/m/v", "evict": "sleep", "gpus": "0,1"}],
         8100,
         PATHS,
@@ -376,18 +403,18 @@ def lanes() -> dict:
     return VARS["_llm_router_engine_lanes"]
 
 
-DEBIAN12 = filters.distro_pythons("Debian", "12.11")
-JAMMY = filters.distro_pythons("Ubuntu", "22.04")
-NOBLE = filters.distro_pythons("Ubuntu", "24.04")
+DEBIAN12 = engines_f.distro_pythons("Debian", "12.11")
+JAMMY = engines_f.distro_pythons("Ubuntu", "22.04")
+NOBLE = engines_f.distro_pythons("Ubuntu", "24.04")
 
 
 def test_gpu_query_reads_caps_and_the_oldest_driver() -> None:
     """nvidia-smi --query-gpu=compute_cap,driver_version --format=csv,noheader prints one 'cap, driver' per GPU."""
-    assert filters.gpu_query(["9.0, 580.95.05", "12.0, 575.51.03", ""]) == {
+    assert engines_f.gpu_query(["9.0, 580.95.05", "12.0, 575.51.03", ""]) == {
         "compute_caps": ["9.0", "12.0"],
         "driver": "575.51.03",
     }
-    assert filters.gpu_query([]) == {"compute_caps": [], "driver": ""}
+    assert engines_f.gpu_query([]) == {"compute_caps": [], "driver": ""}
 
 
 def test_distribution_pythons() -> None:
@@ -398,21 +425,21 @@ def test_distribution_pythons() -> None:
     assert [(p["version"], p["path"]) for p in JAMMY] == [("3.10", "/usr/bin/python3"), ("3.11", "/usr/bin/python3.11")]
     assert JAMMY[1]["packages"] == ["python3.11-venv"] and JAMMY[1]["dev"] == ["python3.11-dev"]
     assert [p["version"] for p in NOBLE] == ["3.12"]
-    assert filters.distro_pythons("Fedora", "41") == []
+    assert engines_f.distro_pythons("Fedora", "41") == []
 
 
 def test_router_python_is_3_11_or_newer() -> None:
     """pyproject.toml requires-python >=3.11 (router_app/config.py uses StrEnum)."""
-    assert filters.router_python(DEBIAN12)["path"] == "/usr/bin/python3"
-    jammy = filters.router_python(JAMMY)
+    assert engines_f.router_python(DEBIAN12)["path"] == "/usr/bin/python3"
+    jammy = engines_f.router_python(JAMMY)
     assert jammy["path"] == "/usr/bin/python3.11" and jammy["packages"] == ["python3.11-venv"]
-    assert filters.router_python(NOBLE)["version"] == "3.12"
-    old = filters.router_python(JAMMY, {"version": "3.10", "path": "/opt/py310", "packages": [], "dev": []})
+    assert engines_f.router_python(NOBLE)["version"] == "3.12"
+    old = engines_f.router_python(JAMMY, {"version": "3.10", "path": "/opt/py310", "packages": [], "dev": []})
     assert old["path"] == "" and "router: needs Python >=3.11" in old["error"] and "/opt/py310" in old["error"]
 
 
 def plan(engines, driver, distro, caps=("9.0",), **overrides):
-    return filters.engine_plan(list(engines), lanes(), driver, list(caps), distro, overrides)
+    return engines_f.engine_plan(list(engines), lanes(), driver, list(caps), distro, overrides)
 
 
 def test_tabbyapi_main_lane_follows_driver_and_python() -> None:
@@ -446,7 +473,7 @@ def test_driver_too_old_names_engine_driver_needed_and_fix() -> None:
     assert result["engines"] == {}
     for engine, error in zip(["vllm", "tabbyapi"], result["errors"], strict=True):
         assert error.startswith(f"{engine}: no install lane fits this host (NVIDIA driver 535.230.02)")
-        needed = min((lane["min_driver"] for lane in lanes()[engine].values()), key=filters._version_tuple)
+        needed = min((lane["min_driver"] for lane in lanes()[engine].values()), key=engines_f._version_tuple)
         assert f"needs driver >= {needed}" in error and f"Fix: install NVIDIA driver >= {needed}" in error
 
 
@@ -462,7 +489,7 @@ def test_python_too_old_names_engine_and_python() -> None:
 
 def test_engine_without_lanes_is_refused() -> None:
     """The old role ended in a template KeyError for a CUDA major missing from its vLLM table (engine-audit #17)."""
-    result = filters.engine_plan(["vllm"], {"sglang": lanes()["sglang"]}, "580.95.05", ["9.0"], DEBIAN12, {})
+    result = engines_f.engine_plan(["vllm"], {"sglang": lanes()["sglang"]}, "580.95.05", ["9.0"], DEBIAN12, {})
     assert result["errors"] == ["vllm: no install lanes for this engine in the role's lanes table."]
 
 
@@ -472,13 +499,13 @@ def test_unknown_lane_and_blackwell_kernels() -> None:
     (error,) = plan(["vllm"], "580.95.05", DEBIAN12, lanes={"vlm": "cu12"})["errors"]
     assert error.startswith("llm_router_engine_lanes: unknown engine(s) vlm; known: sglang, vllm")
     table = {"x": {"cu13": {"cuda_major": 13, "min_driver": "580", "pythons": [">=3.10"], "archs": ["9.0"]}}}
-    result = filters.engine_plan(["x"], table, "580.95.05", ["9.0", "12.0"], DEBIAN12, {})
+    result = engines_f.engine_plan(["x"], table, "580.95.05", ["9.0", "12.0"], DEBIAN12, {})
     assert "cu13 has no kernels for compute capability 12.0" in result["errors"][0]
 
 
 def test_python_specifiers() -> None:
-    assert filters._python_ok("3.11", ">=3.11,<3.15") and not filters._python_ok("3.10", ">=3.11,<3.15")
-    assert not filters._python_ok("3.15", ">=3.11,<3.15") and filters._python_ok("3.12", ["3.12", "3.13"])
+    assert engines_f._python_ok("3.11", ">=3.11,<3.15") and not engines_f._python_ok("3.10", ">=3.11,<3.15")
+    assert not engines_f._python_ok("3.15", ">=3.11,<3.15") and engines_f._python_ok("3.12", ["3.12", "3.13"])
 
 
 def test_venv_specs_and_idempotent_markers() -> None:
@@ -490,7 +517,7 @@ def test_venv_specs_and_idempotent_markers() -> None:
         "vllm_venv": "/opt/llm-router/engines/vllm/venv",
     }
     engines = plan(["vllm", "tabbyapi"], "580.95.05", DEBIAN12)["engines"]
-    specs = filters.venv_specs(engines, paths, {"tabbyapi": "e632af41eba68abeadc3437c62674360f2f8cbf1"})
+    specs = engines_f.venv_specs(engines, paths, {"tabbyapi": "e632af41eba68abeadc3437c62674360f2f8cbf1"})
     tabby, vllm = specs
     ((sh, flag, script, vllm_bin),) = vllm["post_install"]
     assert (sh, flag, vllm_bin) == ("/bin/sh", "-c", "/opt/llm-router/engines/vllm/venv/bin/vllm")
@@ -498,22 +525,22 @@ def test_venv_specs_and_idempotent_markers() -> None:
     assert script == 'if "$0" download-kernels --help >/dev/null 2>&1; then exec "$0" download-kernels; fi'
     assert tabby["venv"] == PATHS["tabbyapi_dir"] + "/venv" and tabby["post_install"] == []
     lane = {"cu13": {**lanes()["vllm"]["cu13"], "post_install": [["{venv}/bin/vllm", "download-kernels"]]}}
-    (own,) = filters.venv_specs(
-        filters.engine_plan(["vllm"], {"vllm": lane}, "580.95.05", [], DEBIAN12)["engines"], paths
+    (own,) = engines_f.venv_specs(
+        engines_f.engine_plan(["vllm"], {"vllm": lane}, "580.95.05", [], DEBIAN12)["engines"], paths
     )
     assert own["post_install"] == [["/opt/llm-router/engines/vllm/venv/bin/vllm", "download-kernels"]]
     assert tabby["post_install"] == []
-    again = filters.venv_specs(engines, paths, {"tabbyapi": "e632af41eba68abeadc3437c62674360f2f8cbf1"})
+    again = engines_f.venv_specs(engines, paths, {"tabbyapi": "e632af41eba68abeadc3437c62674360f2f8cbf1"})
     assert [s["id"] for s in again] == [s["id"] for s in specs]
-    moved = filters.venv_specs(engines, paths, {"tabbyapi": "0" * 40})
+    moved = engines_f.venv_specs(engines, paths, {"tabbyapi": "0" * 40})
     assert moved[0]["id"] != tabby["id"] and moved[1]["id"] == vllm["id"]
 
     def marker(spec, text):
         return {"item": spec, "content": base64.b64encode(text.encode()).decode()}
 
     markers = [marker(tabby, tabby["id"] + "\n"), {"item": vllm, "failed": True, "msg": "file not found"}]
-    assert [s["engine"] for s in filters.stale_venvs(specs, markers)] == ["vllm"]
-    assert filters.stale_venvs(specs, [marker(tabby, tabby["id"]), marker(vllm, vllm["id"])]) == []
+    assert [s["engine"] for s in engines_f.stale_venvs(specs, markers)] == ["vllm"]
+    assert engines_f.stale_venvs(specs, [marker(tabby, tabby["id"]), marker(vllm, vllm["id"])]) == []
 
 
 def test_probed_pythons() -> None:
@@ -521,7 +548,7 @@ def test_probed_pythons() -> None:
         {"item": {"key": "router", "value": "/usr/bin/python3.11"}, "rc": 0, "stdout": "3.11"},
         {"item": {"key": "vllm", "value": "/nope"}, "rc": 2, "stdout": "", "msg": "No such file"},
     ]
-    probed = filters.probed_pythons(results)
+    probed = engines_f.probed_pythons(results)
     assert probed["router"]["version"] == "3.11" and probed["router"]["error"] == ""
     assert probed["vllm"]["error"] == "llm_router_engine_pythons.vllm: /nope does not run (No such file)."
 
@@ -547,7 +574,7 @@ def test_router_config_carries_placement_and_lifecycle_keys() -> None:
             {"id": "l", "backend": "llamacpp", "model": "/srv/l.gguf", "context_length": 8192, "ttl_s": 600},
         ]
     )
-    config = filters.router_config(models, {"state_dir": "/var/lib/llm-router/router"}, "/etc/llm-router")
+    config = config_f.router_config(models, {"state_dir": "/var/lib/llm-router/router"}, "/etc/llm-router")
     parse_config({**config, "router": {**config["router"], "supervisor": "systemd"}})  # the router accepts it
     q, llama = config["models"]
     assert q["devices"] == ["0", "1"] and q["memory"] == "40GiB" and q["pinned"] is True
@@ -560,7 +587,7 @@ ENGINE_IDS = {"llamacpp": "b11312 0a1b", "sglang": "s1", "vllm": "v1", "tabbyapi
 
 
 def revisions(models: list[dict], engine_ids: dict | None = None) -> dict[str, str]:
-    config = filters.router_config(
+    config = config_f.router_config(
         normalize(models), {}, "/etc/llm-router", ENGINE_IDS if engine_ids is None else engine_ids
     )
     return {m["id"]: m.get("revision") for m in config["models"]}
@@ -593,16 +620,12 @@ def test_revision_changes_with_what_shapes_the_engine_and_only_for_that_model() 
     assert changed(fleet, {**ENGINE_IDS, "llamacpp": "b11312 ffff"}) == {"a", "b"}  # llama.cpp rebuild
     assert changed(fleet, {**ENGINE_IDS, "vllm": "v2"}) == {"v"}  # engine upgrade
     assert changed(fleet, {**ENGINE_IDS, "tabbyapi_exl2": "x2"}) == {"x"}  # EXL2 checkout only
-    config = filters.router_config(normalize(fleet), {"supervisor": "systemd"}, "/etc/llm-router", ENGINE_IDS)
+    config = config_f.router_config(normalize(fleet), {"supervisor": "systemd"}, "/etc/llm-router", ENGINE_IDS)
     parse_config(config)  # the router accepts `revision`
-    assert "revision" not in filters.router_config(normalize(fleet), {}, "/etc/llm-router")["models"][0]
+    assert "revision" not in config_f.router_config(normalize(fleet), {}, "/etc/llm-router")["models"][0]
 
 
-_schema_spec = importlib.util.spec_from_file_location(
-    "llm_router_schema", ROOT / "roles/llm_router/filter_plugins/llm_router_schema.py"
-)
-schema = importlib.util.module_from_spec(_schema_spec)
-_schema_spec.loader.exec_module(schema)
+schema = _load("llm_router_schema")
 
 
 def test_argument_specs_describe_every_model_key() -> None:
@@ -614,10 +637,10 @@ def test_argument_specs_describe_every_model_key() -> None:
     options = top["llm_router_models"]["options"]
     assert set(options) == set(schema.MODEL_KEYS)
     assert all("type" in o and o.get("description") for o in options.values())
-    assert options["backend"]["choices"] == list(schema.BACKENDS) and schema.BACKENDS == filters.BACKENDS
+    assert options["backend"]["choices"] == list(schema.BACKENDS) and schema.BACKENDS == models_f.BACKENDS
     assert options["evict"]["choices"] == ["stop", "sleep"]
     # Every key the normalize/config filters read is in the schema.
-    assert set(filters.ROUTER_MODEL_KEYS) <= set(schema.MODEL_KEYS)
+    assert set(config_f.ROUTER_MODEL_KEYS) <= set(schema.MODEL_KEYS)
 
 
 def errors(models, acc="cuda", count=2, known=True):
@@ -881,7 +904,7 @@ def test_engine_keys_reach_each_engine_from_its_credential_and_not_through_argv(
     stub.chmod(0o755)
     paths = {**PATHS, "base_dir": str(tmp_path), "llama_server": str(stub), "sglang_python": str(stub)}
     paths["vllm_bin"] = str(stub)
-    models = filters.normalize_models(
+    models = models_f.normalize_models(
         [
             {"id": "l", "backend": "llamacpp", "model": "/m/l.gguf"},
             {"id": "v", "backend": "vllm", "model": "/m/v", "evict": "sleep", "env": {"PYTHONPATH": "/x"}},
@@ -901,7 +924,7 @@ def test_engine_keys_reach_each_engine_from_its_credential_and_not_through_argv(
     assert vllm["env"]["PYTHONPATH"] == f"{tmp_path}/lib/python:/x"
     assert vllm["argv"][-2:] == ["--middleware", "llm_router_engine_auth.RequireKey"]
 
-    config = filters.router_config(models, {"supervisor": "systemd"}, "/etc/llm-router", ENGINE_IDS)
+    config = config_f.router_config(models, {"supervisor": "systemd"}, "/etc/llm-router", ENGINE_IDS)
     parse_config(config)
     keys = {m["id"]: m.get("api_key_file") for m in config["models"]}
     assert keys == {

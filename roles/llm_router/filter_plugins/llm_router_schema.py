@@ -8,7 +8,7 @@ import difflib
 import re
 from typing import Any
 
-BACKENDS = ("llamacpp", "sglang", "tabbyapi", "vllm", "openai")  # as in llm_router.py
+BACKENDS = ("llamacpp", "sglang", "tabbyapi", "vllm", "openai")  # as in llm_router_models.py
 LOCAL_BACKENDS = ("llamacpp", "sglang", "tabbyapi", "vllm")
 ALL = BACKENDS
 # Every key of an llm_router_models entry and the backends that honour it; meta/argument_specs.yml
