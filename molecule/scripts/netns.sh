@@ -11,7 +11,7 @@ SUBNET=10.231.0.0/24
 action="$1"
 name="$2"
 ns="molecule-$name"
-veth="vm-${name: -12}"  # interface names have at most 15 characters
+veth="vm-$(printf %s "$name" | tail -c 12)"  # interface names have at most 15 characters
 
 log() { echo "netns: $*" >&2; }
 
