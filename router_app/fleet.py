@@ -53,8 +53,17 @@ class Peer:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # id → its /v1/models entry
     names: dict[str, str] = field(default_factory=dict)  # id or alias → id
     fetched: float = -math.inf  # monotonic time of the last answer (or failure)
+    stale: bool = False  # a request went through it since: its models' states may have changed
     error: str | None = None
     refreshing: asyncio.Task[None] | None = None
+
+    @property
+    def known(self) -> bool:
+        """It has been asked at least once."""
+        return self.fetched > -math.inf
+
+    def due(self, now: float, max_age: float) -> bool:
+        return self.stale or now - self.fetched > max_age
 
     @property
     def name(self) -> str:
@@ -71,20 +80,25 @@ class Fleet:
         self.configure(peers, refresh_s)
 
     def configure(self, peers: list[PeerConfig], refresh_s: float) -> None:
-        """Apply a (re)loaded `router.peers`; unchanged peers keep what they listed. Keys are re-read."""
-        configured: dict[str, Peer] = {}
+        """Apply a (re)loaded `router.peers` at once (see `prepare`)."""
+        self.install(self.prepare(peers), refresh_s)
+
+    def prepare(self, peers: list[PeerConfig]) -> dict[str, Peer]:
+        """The peers of a (re)loaded `router.peers`, keys read (ConfigError if one cannot be); unchanged peers
+        keep what they listed. Nothing changes until `install`."""
+        prepared: dict[str, Peer] = {}
         for index, conf in enumerate(peers):
             try:
                 key = read_secret(conf.api_key_file)
             except OSError as exc:
                 raise ConfigError(f"router.peers[{index}].api_key_file", [f"cannot read key file: {exc}"]) from None
             old = self.peers.get(conf.name)
-            if old is not None and old.config == conf:
-                old.key = key
-                configured[conf.name] = old
-            else:
-                configured[conf.name] = Peer(conf, key)
-        self.peers, self.refresh_s = configured, refresh_s
+            prepared[conf.name] = old if old is not None and old.config == conf else Peer(conf, key)
+            prepared[conf.name].key = key
+        return prepared
+
+    def install(self, peers: dict[str, Peer], refresh_s: float) -> None:
+        self.peers, self.refresh_s = peers, refresh_s
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -117,6 +131,7 @@ class Fleet:
                     raise ValueError(f"HTTP {response.status}: {(await response.text())[:200]}")
                 data = (await response.json(content_type=None))["data"]
             models = {entry["id"]: entry for entry in data if isinstance(entry.get("id"), str)}
+            names = _names(models)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, AttributeError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if peer.error is None:
@@ -126,23 +141,21 @@ class Fleet:
         else:
             if peer.error is not None:
                 log.info("peer %s (%s) answers again: %d model(s)", peer.name, url, len(models))
-            names: dict[str, str] = {}
-            for model_id, entry in models.items():
-                for name in [model_id, *(a for a in entry.get("aliases") or [] if isinstance(a, str))]:
-                    names.setdefault(name, model_id)
             peer.models, peer.names, peer.error = models, names, None
-        peer.fetched = time.monotonic()
+        peer.fetched, peer.stale = time.monotonic(), False
 
     async def refresh(self, max_age: float) -> None:
-        """Re-read every peer's list older than `max_age` (one read per peer at a time, all peers at once)."""
+        """Re-read the lists that are stale or older than `max_age`, all peers at once (one read per peer at a
+        time). Waits for peers that answered last time or were never asked; a peer that did not answer is
+        re-read in the background, so a dead peer costs its `timeout_s` once, not on every call."""
         now = time.monotonic()
         waits = []
         for peer in self.peers.values():
-            if peer.refreshing is None and now - peer.fetched > max_age:
+            if peer.refreshing is None and peer.due(now, max_age):
                 task = asyncio.ensure_future(self._fetch(peer))
                 peer.refreshing = task
                 task.add_done_callback(lambda _t, p=peer: setattr(p, "refreshing", None))
-            if peer.refreshing is not None:
+            if peer.refreshing is not None and (peer.error is None or not peer.known):
                 waits.append(peer.refreshing)
         if waits:
             await asyncio.gather(*(asyncio.shield(w) for w in waits), return_exceptions=True)
@@ -161,19 +174,28 @@ class Fleet:
         return entries
 
     def _find(self, name: str) -> tuple[Peer, str] | None:
+        """Ids first, then aliases, peers in order: the same precedence as the listing."""
+        for peer in self.peers.values():
+            if peer.names.get(name) == name:
+                return peer, name
         for peer in self.peers.values():
             if name in peer.names:
                 return peer, peer.names[name]
         return None
 
     async def locate(self, name: str) -> tuple[Peer, str] | None:
-        """The peer serving `name` (an id or alias of one of its models), and the model's id there."""
-        await self.refresh(self.refresh_s)
+        """The peer serving `name` (an id or alias of one of its models), and the model's id there. A name
+        already known is answered at once; an unknown one after the peers' lists are read again."""
         found = self._find(name)
         if found is None and self.peers:
-            await self.refresh(_MISS_REFRESH_S)  # a model a peer has just added
+            await self.refresh(min(self.refresh_s, _MISS_REFRESH_S))  # a model a peer has just added
             found = self._find(name)
         return found
+
+    def entry(self, peer: Peer, model_id: str) -> dict[str, Any] | None:
+        """The peer's `/v1/models` entry of one model (None while the peer does not answer)."""
+        entry = peer.models.get(model_id)
+        return None if entry is None else {**entry, "peer": peer.name}
 
     def report(self) -> list[dict[str, Any]]:
         """Each peer for `/health`: where, whether it answers, how many models, since when."""
@@ -182,10 +204,10 @@ class Fleet:
             {
                 "name": peer.name,
                 "url": peer.config.url,
-                "reachable": peer.error is None and peer.fetched > -math.inf,
+                "reachable": peer.error is None and peer.known,
                 "models": sorted(peer.models),
                 **({"error": peer.error} if peer.error else {}),
-                **({"age_s": round(now - peer.fetched, 1)} if peer.fetched > -math.inf else {}),
+                **({"age_s": round(now - peer.fetched, 1)} if peer.known else {}),
             }
             for peer in self.peers.values()
         ]
@@ -209,7 +231,7 @@ class Fleet:
         except ClientGone:
             return Response(status_code=499)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            peer.fetched = -math.inf  # list it again before offering its models
+            peer.stale = True  # list it again before offering its models
             return json_error(
                 502,
                 f"peer router {peer.name} ({peer.config.url}) did not answer: {type(exc).__name__}: {exc}",
@@ -242,8 +264,20 @@ class Fleet:
                 anthropic=anthropic,
             )
         finally:
-            peer.fetched = -math.inf  # the request may have loaded or unloaded models there: list it again
+            peer.stale = True  # the request may have loaded or unloaded models there: list it again
         return Response(content, status_code=upstream.status, media_type=media_type, headers=passed)
+
+
+def _names(models: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each id and alias of a peer's models → the model's id (the first model to claim a name keeps it)."""
+    names: dict[str, str] = {}
+    for model_id, entry in models.items():
+        aliases = entry.get("aliases") or []
+        if not isinstance(aliases, list):
+            raise TypeError(f"model {model_id!r}: aliases is not a list")
+        for name in [model_id, *(a for a in aliases if isinstance(a, str))]:
+            names.setdefault(name, model_id)
+    return names
 
 
 async def _relay(upstream: aiohttp.ClientResponse, peer: Peer, anthropic: bool) -> AsyncIterator[bytes]:
@@ -259,4 +293,4 @@ async def _relay(upstream: aiohttp.ClientResponse, peer: Peer, anthropic: bool) 
             yield sse.error_event(message, "bad_gateway", "peer_error") + sse.DONE
     finally:
         upstream.close()
-        peer.fetched = -math.inf  # the request may have loaded or unloaded models there: list it again
+        peer.stale = True  # the request may have loaded or unloaded models there: list it again

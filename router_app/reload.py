@@ -55,12 +55,13 @@ class Reloader:
             try:
                 new = load_config(self.path)
                 keys = self.parts.make_keys(new)
-                if self.parts.fleet is not None:
-                    self.parts.fleet.configure(new.router.peers, new.router.peer_refresh_s)
+                peers = self.parts.fleet.prepare(new.router.peers) if self.parts.fleet is not None else None
             except ConfigError as exc:
                 log.error("config reload refused, the running config stays: %s", exc)
                 return False
             await self.apply(new, keys)
+            if peers is not None:
+                self.parts.fleet.install(peers, new.router.peer_refresh_s)
             return True
 
     async def apply(self, new: Config, keys: Any) -> None:

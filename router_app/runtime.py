@@ -215,11 +215,16 @@ class ModelRuntime:
         return await self._with_logs(f"{self.model.id}: engine {how} while loading")
 
     async def _with_logs(self, message: str) -> str:
+        """`message` and the engine's last log lines, with its keys blanked: the text reaches clients and
+        peers (`status.error`), and SGLang logs its server_args, key included, at start."""
         assert self.supervisor is not None
         lines = await self.supervisor.recent_logs(12)
         if not lines:
             return message
-        return message + "; last log lines:\n" + "\n".join(lines)
+        text = "\n".join(lines)
+        for secret in self.adapter.secrets():
+            text = text.replace(secret, "***")
+        return message + "; last log lines:\n" + text
 
     async def _wait_ready(self, deadline: float) -> None:
         delay = POLL_FIRST_S

@@ -55,6 +55,10 @@ class EngineAdapter:
         """Base URL that `/chat/completions` etc. are appended to."""
         return f"{self.base_url}/v1"
 
+    def secrets(self) -> list[str]:
+        """The engine's keys, to blank out wherever its logs are shown."""
+        return [self.api_key] if self.api_key else []
+
     def auth_headers(self) -> dict[str, str]:
         """Headers that authorise a client request at the engine."""
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}

@@ -110,6 +110,9 @@ class TabbyAPIAdapter(EngineAdapter):
     def auth_headers(self) -> dict[str, str]:
         return {"x-api-key": self.api_key} if self.api_key else {}
 
+    def secrets(self) -> list[str]:
+        return [key for key in (self.api_key, self.admin_key) if key]
+
     def _admin_headers(self) -> dict[str, str]:
         if not self.admin_key:
             raise EngineError("TabbyAPI admin key unknown: set api_tokens_file")

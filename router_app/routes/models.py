@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from ..errors import json_error
 from .context import RouterContext
 
 
@@ -80,6 +81,14 @@ def model_routes(ctx: RouterContext) -> APIRouter:
         if found is None:
             return ctx.unknown_model(model_id)
         peer, peer_model = found
-        return JSONResponse({**peer.models[peer_model], "peer": peer.name})
+        entry = ctx.fleet.entry(peer, peer_model) if ctx.fleet is not None else None
+        if entry is None:
+            return json_error(
+                502,
+                f"model {model_id!r} is served by peer router {peer.name} ({peer.config.url}), which does not answer",
+                "bad_gateway",
+                code="peer_unreachable",
+            )
+        return JSONResponse(entry)
 
     return router

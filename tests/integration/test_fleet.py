@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import httpx
@@ -86,6 +87,7 @@ def test_two_routers_list_and_serve_each_others_models(
     assert router_a.health()["current"] == ["tiny-a"]
     metrics = httpx.get(router_b.url + "/metrics").text
     assert 'llm_router_peer_requests_total{model="tiny-a",peer="host-a"} 1.0' in metrics
+    assert router_b.health()["peers"][0]["reachable"]  # a forwarded request does not make it look down
 
     # Open-WebUI's eject through A unloads the model on B; a peer's error keeps its status.
     unload = httpx.post(
@@ -111,6 +113,8 @@ def test_two_routers_list_and_serve_each_others_models(
     assert peers[0]["name"] == "host-b" and not peers[0]["reachable"] and "error" in peers[0]
     down = _chat(router_a.url, KEY_A, "tiny-b")
     assert down.status_code == 502 and down.json()["error"]["code"] == "peer_unreachable", down.text
+    down = httpx.get(router_a.url + "/v1/models/tiny-b", headers={"Authorization": f"Bearer {KEY_A}"})
+    assert down.status_code == 502 and down.json()["error"]["code"] == "peer_unreachable", down.text
     assert _chat(router_a.url, KEY_A, "a").status_code == 200
 
 
@@ -130,3 +134,29 @@ def test_a_peer_with_a_wrong_key_is_reported_not_listed(
     peer = router_a.health()["peers"][0]
     assert not peer["reachable"] and "HTTP 401" in peer["error"]
     assert any("peer host-b" in line and "HTTP 401" in line for line in router_a.log)
+
+
+def test_a_peer_that_never_answers_costs_its_timeout_once(
+    start_router, llama_server_bin, models_dir: Path, tmp_path: Path
+) -> None:
+    """A peer that accepts connections and never answers (a hung host): the first listing waits its timeout_s,
+    later ones are answered from what is known while it is asked again in the background."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # the kernel completes handshakes; nobody ever reads
+    try:
+        router = start_router(
+            [llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "tiny-a")],
+            peers=[{"name": "hung", "url": f"http://127.0.0.1:{hole.getsockname()[1]}", "timeout_s": 1.5}],
+            peer_refresh_s=0.1,
+        )
+        first = httpx.get(router.url + "/v1/models", timeout=30)
+        assert [m["id"] for m in first.json()["data"]] == ["tiny-a"]
+        assert first.elapsed.total_seconds() >= 1.4
+        for _ in range(3):
+            again = httpx.get(router.url + "/v1/models", timeout=30)
+            assert again.status_code == 200 and again.elapsed.total_seconds() < 1.0, again.elapsed
+        peer = router.health()["peers"][0]
+        assert not peer["reachable"] and "Timeout" in peer["error"]
+    finally:
+        hole.close()

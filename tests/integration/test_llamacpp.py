@@ -359,3 +359,22 @@ def test_engine_key_file_guards_llama_server_and_the_router_sends_it(
     assert httpx.get(engine + "/health", timeout=10).status_code == 200  # public by design
     authorised = httpx.get(engine + "/v1/models", headers={"Authorization": "Bearer sk-engine-llama"}, timeout=10)
     assert authorised.status_code == 200
+
+
+def test_an_engine_that_logs_its_key_and_dies_shows_its_logs_without_the_key(start_router, tmp_path: Path) -> None:
+    """A failed load's error carries the engine's last log lines to the client and to `status.error` (seen by
+    peer routers too). SGLang logs its server_args, api_key included, at start (0.5.10.post1
+    srt/entrypoints/engine.py:181); the router blanks the model's key in those lines."""
+    key_file = tmp_path / "engine.key"
+    key_file.write_text("sk-engine-secret\n")
+    engine = ["sh", "-c", "echo \"server_args=ServerArgs(api_key='sk-engine-secret', port=$0)\"; exit 3", "${PORT}"]
+    router = start_router([{"id": "leaky", "backend": "llamacpp", "command": engine, "api_key_file": str(key_file)}])
+    answer = httpx.post(
+        router.url + "/v1/chat/completions",
+        json={"model": "leaky", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=60,
+    )
+    assert answer.status_code == 503, answer.text
+    assert "api_key='***'" in answer.text and "sk-engine-secret" not in answer.text
+    listed = httpx.get(router.url + "/v1/models").json()["data"][0]["status"]
+    assert listed["failed"] and "***" in listed["error"] and "sk-engine-secret" not in json.dumps(listed)

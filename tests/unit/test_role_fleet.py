@@ -55,3 +55,8 @@ def test_members_the_others_cannot_reach_are_refused_by_name() -> None:
     errors = fleet.fleet_errors("gpu-1", ["gpu-1", "bad name"], {**HOSTVARS, "bad name": {}}, "0.0.0.0")
     assert "fleet member 'bad name'" in errors[0]
     assert fleet.fleet_errors("gpu-1", ["gpu-1"], HOSTVARS, "127.0.0.1") == []  # no fleet, no demand
+
+
+def test_a_members_router_port_set_through_llm_router_settings_is_used() -> None:
+    hostvars = {"a": {}, "b": {"llm_router_listen_port": 8002, "llm_router_settings": {"port": 9100}}}
+    assert fleet.fleet_peers("a", ["a", "b"], hostvars, KEY)[0]["url"] == "http://b:9100"

@@ -39,7 +39,8 @@ def fleet_peers(me: str, members: list[str], hostvars: Mapping[str, Any], key_fi
         address = fleet_address(host, hostvars)
         if ":" in address and not address.startswith("["):
             address = f"[{address}]"
-        port = int(hostvars[host].get("llm_router_listen_port", 8002))
+        settings = hostvars[host].get("llm_router_settings") or {}  # its `port` overrides the listen port
+        port = int(settings.get("port") or hostvars[host].get("llm_router_listen_port", 8002))
         peers.append({"name": host, "url": f"http://{address}:{port}", "api_key_file": key_file})
     return peers
 
