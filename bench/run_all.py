@@ -1,4 +1,4 @@
-"""Run the four benchmarks, print their ratios and write docs/benchmarks.md (`make bench`).
+"""Run the benchmarks, print their ratios and write docs/benchmarks.md (`make bench`).
 
 python bench/run_all.py [--quick]
 """
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fleet
 import footprint
 import latency
 import stream_relay
@@ -36,23 +37,26 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     quick = args.quick
-    print("1/5 latency …", flush=True)
+    print("1/6 latency …", flush=True)
     lat = latency.run(100 if quick else 500)
     print(latency.report(lat), flush=True)
-    print("2/5 streaming relay …", flush=True)
+    print("2/6 streaming relay …", flush=True)
     relay = stream_relay.run(64, 500 if quick else 2000)
     print(stream_relay.report(relay), flush=True)
-    print("3/5 switch overhead …", flush=True)
+    print("3/6 switch overhead …", flush=True)
     sw = switch.run(4 if quick else 12)
     print(switch.report(sw), flush=True)
-    print("4/5 footprint …", flush=True)
+    print("4/6 footprint …", flush=True)
     fp = footprint.run(3 if quick else 5)
     print(footprint.report(fp), flush=True)
-    print("5/5 thrash beside llama.cpp router mode, co-residency …", flush=True)
+    print("5/6 thrash beside llama.cpp router mode, co-residency …", flush=True)
     th = thrash.run([1] if quick else [1, 2, 3], 16, 100 if quick else 200)
     print(thrash.report(th), flush=True)
     worst = thrash.ratios(th)
     co = th["co_residency"]
+    print("6/6 fleet: one endpoint beside one connection per host …", flush=True)
+    fl = fleet.run([1] if quick else [1, 2, 3], 16, 100 if quick else 400, 50 if quick else 200)
+    print(fleet.report(fl), flush=True)
 
     router_lat = lat["llm-router"]
     litellm_ratio = lat.get("litellm_vs_router_added_p50")
@@ -94,6 +98,7 @@ def main() -> None:
             switch=switch.report(sw),
             footprint=footprint.report(fp),
             thrash=thrash.report(th),
+            fleet=fleet.report(fl),
         )
     )
     print(f"wrote {args.output}")
