@@ -11,7 +11,8 @@ SUBNET=10.231.0.0/24
 action="$1"
 name="$2"
 ns="molecule-$name"
-veth="vm-$(printf %s "$name" | tail -c 12)"  # interface names have at most 15 characters
+veth="vm-$(printf %s "$name" | sha256sum | cut -c1-8)"  # one per host; interface names have at most 15 characters
+forward_saved=/run/llmr-molecule-ip-forward  # ip_forward as it was before the first namespace
 
 log() { echo "netns: $*" >&2; }
 
@@ -52,6 +53,7 @@ case "$action" in
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
     ip -n "$ns" route add default via "$GATEWAY"
+    [[ -f "$forward_saved" ]] || cat /proc/sys/net/ipv4/ip_forward > "$forward_saved"
     sysctl -qw net.ipv4.ip_forward=1
     nat -A
     echo "/run/netns/$ns"
@@ -62,6 +64,10 @@ case "$action" in
     if ip link show "$BRIDGE" >/dev/null 2>&1 && [[ -z "$(ip -br link show master "$BRIDGE")" ]]; then
       ip link del "$BRIDGE"
       nat -D
+      if [[ -f "$forward_saved" ]]; then
+        sysctl -qw net.ipv4.ip_forward="$(cat "$forward_saved")"
+        rm -f "$forward_saved"
+      fi
     fi
     ;;
   *)
