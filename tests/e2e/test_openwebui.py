@@ -12,120 +12,27 @@ PASSED/FAILED on its own (`make e2e`). Opt-in: collected only with LLM_ROUTER_E2
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
-import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
 
 from router_app.devtools.demo import DEMO_MAX_TOKENS, DEMO_MODELS, write_demo
-from tests.conftest import ROOT, RouterProcess, pid_alive, wait_until
+from tests.conftest import RouterProcess, wait_until
+from tests.e2e.owui_stack import Stack, openwebui, signup_admin, stop_router
+from tests.e2e.owui_stack import wait_loaded_view as _wait_loaded_view
 
-HERE = Path(__file__).resolve().parent
 MODELS = [model_id for model_id, _seed, _aliases in DEMO_MODELS]
 QUESTIONS = ["Hello! What can you do?", "Thanks. Tell me more about that, please."]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def openwebui_venv() -> Path:
-    """$OPENWEBUI_VENV, or the cached venv of scripts/openwebui-venv.sh (installed on first use)."""
-    if os.environ.get("OPENWEBUI_VENV"):
-        return Path(os.environ["OPENWEBUI_VENV"])
-    result = subprocess.run([str(ROOT / "scripts" / "openwebui-venv.sh")], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.fail(f"installing Open-WebUI failed:\n{result.stderr[-3000:]}")
-    return Path(result.stdout.strip().splitlines()[-1])
-
-
-@dataclass
-class Stack:
-    router: RouterProcess
-    url: str  # Open-WebUI
-    venv: Path
-    log: Path
-    token: str = ""
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def get(self, path: str) -> Any:
-        response = httpx.get(self.url + path, headers=self.headers, timeout=60)
-        response.raise_for_status()
-        return response.json()
-
-    def post(self, path: str, body: dict) -> httpx.Response:
-        return httpx.post(self.url + path, json=body, headers=self.headers, timeout=120)
-
-    def owui_models(self) -> dict[str, dict]:
-        return {m["id"]: m for m in self.get("/api/models")["data"]}
-
-    def router_loaded(self) -> set[str]:
-        """Models the router reports as loaded (its own /health)."""
-        return set(self.router.health()["current"])
-
-    def chat_turn(self, model: str, turns: list[dict], chat_id: str | None) -> dict:
-        """One browser-style turn, run by owui_chat.py in Open-WebUI's venv (it has python-socketio)."""
-        args = {"url": self.url, "token": self.token, "model": model, "turns": turns, "chat_id": chat_id}
-        result = subprocess.run(
-            [str(self.venv / "bin" / "python"), str(HERE / "owui_chat.py")],
-            input=json.dumps(args),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        return json.loads(result.stdout)
-
-
-def openwebui_env(data_dir: Path, router_url: str, key: str) -> dict[str, str]:
-    """Offline Open-WebUI (no hub downloads, no telemetry, no side tasks) on the router, provider "llama.cpp"."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "WEBUI_", "VIRTUAL_ENV"))}
-    env.update(
-        DATA_DIR=str(data_dir),
-        WEBUI_SECRET_KEY=secrets.token_hex(16),
-        WEBUI_AUTH="true",
-        OFFLINE_MODE="true",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        ENABLE_OLLAMA_API="false",
-        ENABLE_OPENAI_API="true",
-        OPENAI_API_BASE_URLS=router_url + "/v1",
-        OPENAI_API_KEYS=key,
-        OPENAI_API_CONFIGS=json.dumps({"0": {"provider": "llama.cpp"}}),
-        RAG_EMBEDDING_ENGINE="openai",
-        ENABLE_TITLE_GENERATION="false",
-        ENABLE_TAGS_GENERATION="false",
-        ENABLE_FOLLOW_UP_GENERATION="false",
-        ENABLE_AUTOCOMPLETE_GENERATION="false",
-        ENABLE_VERSION_UPDATE_CHECK="false",
-        SCARF_NO_ANALYTICS="true",
-        DO_NOT_TRACK="true",
-        ANONYMIZED_TELEMETRY="false",
-    )
-    return env
 
 
 @pytest.fixture(scope="module")
 def stack(llama_server_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`make demo`'s router on a free port and an offline Open-WebUI in front of it; all killed on exit."""
-    venv = openwebui_venv()
     work = tmp_path_factory.mktemp("e2e")
     config_path = write_demo(work / "demo", llama_server_bin, port=0)
     # Keys on, as deployed: Open-WebUI holds a client key, which router.model_control (default "clients") lets
@@ -137,59 +44,15 @@ def stack(llama_server_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     config["router"].update(api_key_files=[str(work / "client.keys")], admin_key_file=str(work / "admin.key"))
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     router = RouterProcess(config_path)
-    data_dir = work / "openwebui"
-    data_dir.mkdir()
-    log = work / "openwebui.log"
-    port = free_port()
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(venv / "bin" / "open-webui"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=openwebui_env(data_dir, router.url, client_key),
-            cwd=work,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError("Open-WebUI exited:\n" + log.read_text()[-3000:])
-        try:
-            return httpx.get(url + "/health", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        started = time.monotonic()
-        wait_until(ready, "Open-WebUI /health", timeout=240)
-        print(f"\nOpen-WebUI ready in {time.monotonic() - started:.0f} s ({url}, log {log})")
-        yield Stack(router=router, url=url, venv=venv, log=log)
+        with openwebui(router, client_key, work) as stack:
+            yield stack
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        engines = [m.get("supervisor", "") for m in router.health()["models"]] if router.proc.poll() is None else []
-        router.stop()
-        for pid in (int(s.removeprefix("pid ")) for s in engines if s and s.startswith("pid ")):
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop_router(router)
 
 
 def test_signup_admin(stack: Stack) -> None:
-    response = httpx.post(
-        stack.url + "/api/v1/auths/signup",
-        json={"name": "Admin", "email": "admin@example.com", "password": secrets.token_hex(8)},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["role"] == "admin"
-    stack.token = body["token"]
+    stack.token = signup_admin(stack.url)
 
 
 def test_models_listed(stack: Stack) -> None:
@@ -249,19 +112,8 @@ def test_switch_shows_status_line(stack: Stack) -> None:
 
 
 def wait_loaded_view(stack: Stack, expected: set[str]) -> dict[str, bool]:
-    """Open-WebUI's view (the `loaded` flag of /api/models) once it matches `expected`."""
-    view: dict[str, bool] = {}
-
-    def matches() -> bool:
-        nonlocal view
-        view = {m: bool(info.get("loaded")) for m, info in stack.owui_models().items() if m in MODELS}
-        return {m for m, loaded in view.items() if loaded} == expected
-
-    try:
-        wait_until(matches, f"Open-WebUI to show {sorted(expected)} loaded", timeout=15)
-    except AssertionError as error:
-        raise AssertionError(f"{error}: Open-WebUI shows {view}") from None
-    return view
+    """Open-WebUI's view (the `loaded` flag of /api/models) of the demo's models once it matches `expected`."""
+    return _wait_loaded_view(stack, expected, MODELS)
 
 
 def test_loaded_view_matches_router(stack: Stack) -> None:
