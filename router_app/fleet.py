@@ -192,8 +192,10 @@ class Fleet:
             found = self._find(name)
         return found
 
-    def entry(self, peer: Peer, model_id: str) -> dict[str, Any] | None:
-        """The peer's `/v1/models` entry of one model (None while the peer does not answer)."""
+    async def entry(self, peer: Peer, model_id: str) -> dict[str, Any] | None:
+        """The peer's `/v1/models` entry of one model, as fresh as a listing (None while the peer does not
+        answer)."""
+        await self.refresh(self.refresh_s)
         entry = peer.models.get(model_id)
         return None if entry is None else {**entry, "peer": peer.name}
 

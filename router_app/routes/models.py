@@ -81,7 +81,7 @@ def model_routes(ctx: RouterContext) -> APIRouter:
         if found is None:
             return ctx.unknown_model(model_id)
         peer, peer_model = found
-        entry = ctx.fleet.entry(peer, peer_model) if ctx.fleet is not None else None
+        entry = await ctx.fleet.entry(peer, peer_model) if ctx.fleet is not None else None
         if entry is None:
             return json_error(
                 502,

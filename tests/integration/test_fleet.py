@@ -76,6 +76,8 @@ def test_two_routers_list_and_serve_each_others_models(
     assert answer.text.rstrip().endswith("data: [DONE]")
     assert any("tiny-b" in json.dumps(c) and "oaded" in json.dumps(c) for c in chunks), chunks  # "tiny-b loaded…"
     assert {c.get("model") for c in chunks if c.get("choices")} == {"b"}
+    one = httpx.get(router_a.url + "/v1/models/tiny-b", headers={"Authorization": f"Bearer {KEY_A}"}).json()
+    assert one["status"]["value"] == "loaded" and one["peer"] == "host-b"  # as fresh as the list
     assert _statuses(router_a.url, KEY_A)["tiny-b"] == "loaded"
     assert router_b.health()["current"] == ["tiny-b"]
     assert router_a.health()["current"] == []
