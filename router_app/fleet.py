@@ -39,11 +39,6 @@ _KEEPALIVE_S = 2.0
 _MISS_REFRESH_S = 0.5
 
 
-def is_hop(request: Request) -> bool:
-    """The request comes from another router: answer from local models only."""
-    return HOP_HEADER in request.headers
-
-
 @dataclass
 class Peer:
     """One peer router and what it last said it serves."""
@@ -93,12 +88,18 @@ class Fleet:
             except OSError as exc:
                 raise ConfigError(f"router.peers[{index}].api_key_file", [f"cannot read key file: {exc}"]) from None
             old = self.peers.get(conf.name)
-            prepared[conf.name] = old if old is not None and old.config == conf else Peer(conf, key)
-            prepared[conf.name].key = key
+            peer = old if old is not None and old.config == conf else Peer(conf, key)
+            peer.key = key
+            prepared[conf.name] = peer
         return prepared
 
     def install(self, peers: dict[str, Peer], refresh_s: float) -> None:
         self.peers, self.refresh_s = peers, refresh_s
+
+    def forwards(self, request: Request) -> bool:
+        """Whether this request may be answered by peers: there are some, and it does not come from another
+        router (that one wants this router's own models only)."""
+        return bool(self.peers) and HOP_HEADER not in request.headers
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -26,7 +26,7 @@ from ..switcher import ModelTooLarge, Switcher, Ticket
 from ..upstream import Upstream, UpstreamError, UpstreamResponse
 from . import report
 from .endpoints import Endpoint
-from .parse import BadRequest, Exchange, decode_json, parse
+from .parse import Exchange, UnknownModel, parse
 from .progress import Shape, shape_for
 from .relay import MODEL_FIELD, StreamBroken, relay
 from .waiting import ClientGone, DisconnectAwareStreamingResponse, race_disconnect
@@ -59,9 +59,9 @@ class Proxy:
 
     async def handle(self, request: Request, endpoint: Endpoint, raw: bytes) -> Response:
         parsed = parse(raw, endpoint, self.config)
+        if isinstance(parsed, UnknownModel):
+            return await self._to_peer(request, parsed.name, raw) or parsed.response
         if isinstance(parsed, Response):
-            if parsed.status_code == 404 and self.fleet is not None and self.fleet.peers:
-                return await self._to_peer(request, raw) or parsed
             return parsed
         exchange = parsed
         backend = exchange.model.backend
@@ -89,18 +89,11 @@ class Proxy:
             self._finish(exchange, ticket, "error")
             raise
 
-    async def _to_peer(self, request: Request, raw: bytes) -> Response | None:
+    async def _to_peer(self, request: Request, name: str, raw: bytes) -> Response | None:
         """A model this router does not serve: the answer of the peer that does (None if none does)."""
-        from ..fleet import is_hop  # here: the fleet module builds on proxy.waiting
-
-        assert self.fleet is not None
-        if is_hop(request):  # another router asked for our own models only
+        if self.fleet is None or not self.fleet.forwards(request):
             return None
-        try:
-            name = decode_json(raw).get("model")
-        except (BadRequest, AttributeError):
-            return None
-        found = await self.fleet.locate(name) if isinstance(name, str) else None
+        found = await self.fleet.locate(name)
         if found is None:
             return None
         peer, model_id = found

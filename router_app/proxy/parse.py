@@ -55,6 +55,14 @@ class Exchange:
         return b'"model":' + json.dumps(self.requested_name).encode()
 
 
+@dataclass
+class UnknownModel:
+    """The body names a model this router does not serve: `response` is the 404 (unless a peer serves it)."""
+
+    name: str
+    response: Response
+
+
 class BadRequest(ValueError):
     """The body cannot be used; the message says why (answered 400)."""
 
@@ -115,7 +123,7 @@ def apply_parameters(body: dict[str, Any], model: ModelConfig, kind: Kind) -> bo
     return changed
 
 
-def parse(raw: bytes, endpoint: Endpoint, config: Config) -> Exchange | Response:
+def parse(raw: bytes, endpoint: Endpoint, config: Config) -> Exchange | UnknownModel | Response:
     """Validate the body, find the model, apply its parameters; an error response otherwise."""
     anthropic = endpoint.anthropic
     try:
@@ -137,13 +145,16 @@ def parse(raw: bytes, endpoint: Endpoint, config: Config) -> Exchange | Response
         )
     model = config.find(name)
     if model is None:
-        return json_error(
-            404,
-            f"The model '{name}' does not exist; see GET /v1/models for the available ones",
-            "invalid_request_error",
-            code="model_not_found",
-            param="model",
-            anthropic=anthropic,
+        return UnknownModel(
+            name,
+            json_error(
+                404,
+                f"The model '{name}' does not exist; see GET /v1/models for the available ones",
+                "invalid_request_error",
+                code="model_not_found",
+                param="model",
+                anthropic=anthropic,
+            ),
         )
     kind = endpoint.kind
     stream = body.get("stream") is True and kind is not Kind.UNARY

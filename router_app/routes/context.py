@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from ..config import Config, ModelConfig
 from ..errors import json_error
-from ..fleet import Fleet, Peer, is_hop
+from ..fleet import Fleet, Peer
 from ..metrics import RouterMetrics
 from ..runtime import ModelRuntime
 from ..switcher import Switcher
@@ -35,13 +35,13 @@ class RouterContext:
 
     async def peer_entries(self, request: Request) -> list[dict[str, Any]]:
         """The peers' models for a model list (none when another router asks: it wants ours only)."""
-        if self.fleet is None or not self.fleet.peers or is_hop(request):
+        if self.fleet is None or not self.fleet.forwards(request):
             return []
         return await self.fleet.listing(self.local_names())
 
     async def peer_for(self, request: Request, name: str) -> tuple[Peer, str] | None:
         """The peer that serves `name`, for a model this router does not have."""
-        if self.fleet is None or not self.fleet.peers or is_hop(request):
+        if self.fleet is None or not self.fleet.forwards(request):
             return None
         return await self.fleet.locate(name)
 

@@ -8,7 +8,7 @@ import pytest
 
 from router_app.config import parse_config
 from router_app.proxy.endpoints import CHAT, DETOKENIZE, MESSAGES, RESPONSES, ROUTES, Kind
-from router_app.proxy.parse import BadRequest, Exchange, decode_json, parse
+from router_app.proxy.parse import BadRequest, Exchange, UnknownModel, decode_json, parse
 
 CONFIG = parse_config(
     {
@@ -37,7 +37,7 @@ def ok(raw: bytes, endpoint=CHAT) -> Exchange:
 def status(raw: bytes, endpoint=CHAT) -> int:
     result = parse(raw, endpoint, CONFIG)
     assert not isinstance(result, Exchange)
-    return result.status_code
+    return (result.response if isinstance(result, UnknownModel) else result).status_code
 
 
 @pytest.mark.parametrize(
