@@ -174,6 +174,22 @@ def signup_admin(url: str) -> str:
     return body["token"]
 
 
+def assert_loaded_status_line(result: dict[str, Any], model: str) -> None:
+    """The router's "<model> loaded in …" status line reached the browser live (socket events) and stays in the
+    message's statusHistory, while the reply text stays clean."""
+    message = result["message"]
+    stored = [s.get("description", "") for s in message.get("statusHistory", [])]
+    live = [
+        e["data"]["data"].get("description", "")
+        for e in result["events"]
+        if isinstance(e.get("data"), dict) and e["data"].get("type") == "status"
+    ]
+    print(f"status lines: stored {stored}, live {live}")
+    for lines in (stored, live):
+        assert any(d.startswith(f"{model} loaded in") for d in lines), (stored, live)
+    assert "loaded in" not in message["content"]
+
+
 def wait_loaded_view(stack: Stack, expected: set[str], models: Iterable[str]) -> dict[str, bool]:
     """Open-WebUI's view (the `loaded` flag of /api/models) of `models` once it matches `expected`."""
     wanted = set(models)

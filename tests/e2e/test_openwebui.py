@@ -23,7 +23,7 @@ import yaml
 
 from router_app.devtools.demo import DEMO_MAX_TOKENS, DEMO_MODELS, write_demo
 from tests.conftest import RouterProcess, wait_until
-from tests.e2e.owui_stack import Stack, openwebui, signup_admin, stop_router
+from tests.e2e.owui_stack import Stack, assert_loaded_status_line, openwebui, signup_admin, stop_router
 from tests.e2e.owui_stack import wait_loaded_view as _wait_loaded_view
 
 MODELS = [model_id for model_id, _seed, _aliases in DEMO_MODELS]
@@ -98,16 +98,7 @@ def test_switch_shows_status_line(stack: Stack) -> None:
     result = stack.chat_turn(other, [{"id": "s0", "role": "user", "content": "Hi again"}], None)
     message = result["message"]
     assert message.get("done") and not message.get("error"), message
-    stored = [s.get("description", "") for s in message.get("statusHistory", [])]
-    live = [
-        e["data"]["data"].get("description", "")
-        for e in result["events"]
-        if isinstance(e.get("data"), dict) and e["data"].get("type") == "status"
-    ]
-    print(f"status lines: stored {stored}, live {live}")
-    for lines in (stored, live):
-        assert any(d.startswith(f"{other} loaded in") for d in lines), (stored, live)
-    assert "loaded in" not in message["content"]
+    assert_loaded_status_line(result, other)
     assert stack.router_loaded() == {other}
 
 

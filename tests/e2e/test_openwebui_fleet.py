@@ -22,7 +22,14 @@ import yaml
 
 from router_app.devtools.demo import DEMO_MAX_TOKENS, DEMO_MODELS, write_demo
 from tests.conftest import RouterProcess, wait_until
-from tests.e2e.owui_stack import Stack, openwebui, signup_admin, stop_router, wait_loaded_view
+from tests.e2e.owui_stack import (
+    Stack,
+    assert_loaded_status_line,
+    openwebui,
+    signup_admin,
+    stop_router,
+    wait_loaded_view,
+)
 
 MODELS = [model_id for model_id, _seed, _aliases in DEMO_MODELS]
 LOCAL, REMOTE = MODELS  # tiny-a on A (Open-WebUI's connection), tiny-b on B (A's peer)
@@ -98,16 +105,7 @@ def test_chat_with_the_peers_model(fleet: Fleet) -> None:
     assert slot["n_prompt_tokens"] > 5000, slot
     assert slot["params"]["max_tokens"] == DEMO_MAX_TOKENS, slot["params"]
     # B's "tiny-b loaded in …" status line, relayed by A: shown live and kept in the message's statusHistory.
-    stored = [s.get("description", "") for s in message.get("statusHistory", [])]
-    live = [
-        e["data"]["data"].get("description", "")
-        for e in result["events"]
-        if isinstance(e.get("data"), dict) and e["data"].get("type") == "status"
-    ]
-    print(f"status lines: stored {stored}, live {live}")
-    for lines in (stored, live):
-        assert any(d.startswith(f"{REMOTE} loaded in") for d in lines), (stored, live)
-    assert "loaded in" not in message["content"]
+    assert_loaded_status_line(result, REMOTE)
 
 
 def test_loaded_view_shows_the_peers_model(fleet: Fleet) -> None:
