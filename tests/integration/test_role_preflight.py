@@ -95,15 +95,70 @@ def test_blackwell_needs_cuda_12_8_for_llamacpp(tmp_path: Path) -> None:
     assert "need CUDA 12.8 or newer" in result.stdout, result.stdout[-2000:]
 
 
-def test_pip_engines_need_no_nvcc(tmp_path: Path) -> None:
-    """Only llama.cpp is compiled: a vLLM/SGLang host passes without a CUDA toolkit."""
-    result = preflight(
-        tmp_path,
-        **HOPPER,
-        llm_router_cuda_home=str(tmp_path / "no-cuda"),
-        llm_router_models=[MODEL, {"id": "v", "backend": "vllm", "model": "/srv/v"}],
-    )
+def test_sglang_needs_nvcc_of_its_lane_and_vllm_none(tmp_path: Path) -> None:
+    """FlashInfer's JIT builds SGLang's sampling (and on sm_12x attention) kernels with nvcc at first use
+    (engine-audit-2 #3); vLLM needs no toolkit. Without FlashInfer's JIT (triton attention, pytorch sampling) SGLang
+    needs none either."""
+    no_cuda = {**HOPPER, "llm_router_cuda_home": str(tmp_path / "no-cuda")}
+    vllm = {"id": "v", "backend": "vllm", "model": "/srv/v"}
+    result = preflight(tmp_path, **no_cuda, llm_router_models=[vllm])
     assert result.returncode == 0, result.stdout[-3000:]
+    result = preflight(tmp_path, **no_cuda, llm_router_models=[MODEL, vllm])
+    assert result.returncode != 0
+    assert "SGLang models m build FlashInfer kernels with nvcc at first use" in result.stdout, result.stdout[-3000:]
+    jit_free = {**MODEL, "extra_args": ["--attention-backend", "triton", "--sampling-backend", "pytorch"]}
+    result = preflight(tmp_path, **no_cuda, llm_router_models=[jit_free, vllm])
+    assert result.returncode == 0, result.stdout[-3000:]
+    result = preflight(tmp_path, **HOPPER, llm_router_cuda_version="12.8", llm_router_models=[MODEL])
+    assert result.returncode != 0
+    assert "SGLang runs on CUDA 13 wheels here (lane cu13), but the toolkit" in result.stdout, result.stdout[-3000:]
+
+
+def fake_toolkit(root: Path, version: str, files: bool) -> Path:
+    """A toolkit folder whose nvcc says `version`, with or without what the llama.cpp CUDA build links."""
+    (root / "bin").mkdir(parents=True)
+    nvcc = root / "bin" / "nvcc"
+    nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {version}, V{version}.88'\n")
+    nvcc.chmod(0o755)
+    if files:
+        for name in ("include/cublas_v2.h", "lib64/libcublas.so", "lib64/libcudart.so", "lib64/stubs/libcuda.so"):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(b"")
+    return root
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runuser needs root")
+def test_llamacpp_cuda_build_needs_cublas_and_cuda_needs_uvm(tmp_path: Path) -> None:
+    """On the host itself (not render-only): the toolkit's cuBLAS, runtime and driver library for the llama.cpp
+    build, named by package (configure otherwise stops at `CUDA::cublas but the target was not found`); then
+    /dev/nvidia-uvm or nvidia-modprobe (engine-audit-2 #4). This machine has neither a GPU nor nvidia-modprobe."""
+    Path("/srv").mkdir(exist_ok=True)
+    top = Path(tempfile.mkdtemp(prefix="llm-router-test-", dir="/srv"))
+    try:
+        top.chmod(0o755)
+        weights = top / "g.gguf"
+        weights.write_bytes(b"GGUF")
+        weights.chmod(0o644)
+        host = {
+            **HOPPER,
+            "llm_router_render_only": False,
+            "llm_router_engine_user": "nobody",
+            "llm_router_models": [{"id": "g", "backend": "llamacpp", "model": str(weights)}],
+        }
+        bare = fake_toolkit(tmp_path / "cuda-bare", "13.0", files=False)
+        result = preflight(tmp_path, **host, llm_router_cuda_home=str(bare))
+        assert result.returncode != 0
+        out = result.stdout
+        assert "llama.cpp's CUDA build links more than nvcc, and the toolkit at" in out, out[-3000:]
+        assert "install cuda-cudart-dev-13-0 cuda-driver-dev-13-0 libcublas-dev-13-0 from NVIDIA's" in out
+        full = fake_toolkit(tmp_path / "cuda-full", "13.0", files=True)
+        result = preflight(tmp_path, **host, llm_router_cuda_home=str(full))
+        assert result.returncode != 0
+        assert "Neither /dev/nvidia-uvm nor /usr/bin/nvidia-modprobe exists" in result.stdout, result.stdout[-3000:]
+        result = preflight(tmp_path, **host, llm_router_cuda_home=str(full), llm_router_nvidia_modprobe="/bin/true")
+        assert result.returncode == 0, result.stdout[-3000:]
+    finally:
+        shutil.rmtree(top)
 
 
 def test_driver_too_old_for_every_lane(tmp_path: Path) -> None:
@@ -298,7 +353,7 @@ def test_good_inventory_passes(tmp_path: Path) -> None:
         tmp_path,
         llm_router_gpu_compute_capabilities=["9.0", "12.0"],
         llm_router_nvidia_driver_version="580.95.05",
-        llm_router_cuda_version="12.8",
+        llm_router_cuda_version="13.0",
         llm_router_models=[
             {**MODEL, "evict": "sleep"},
             {"id": "v", "backend": "vllm", "model": "/srv/v"},

@@ -6,31 +6,21 @@ import base64
 import importlib.util
 import json
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
 
 from router_app.config import parse_config
+from tests.role_render import PATHS, ROLE, load_filter, models_f, normalize, render  # models_f: normalisation, ports
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(name: str):
-    """A filter_plugins module by file path, as Ansible loads it (each file is a plugin of its own)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"roles/llm_router/filter_plugins/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-models_f = _load("llm_router_models")  # normalisation, engine command lines, ports
-engines_f = _load("llm_router_engines")  # CUDA archs, Pythons, install lanes, venvs
-config_f = _load("llm_router_config")  # the router's config.yml, sudoers
+engines_f = load_filter("llm_router_engines")  # CUDA archs, Pythons, install lanes, venvs
+config_f = load_filter("llm_router_config")  # the router's config.yml, sudoers
 
 
 def test_each_filter_has_one_module_and_every_used_filter_exists() -> None:
@@ -39,7 +29,7 @@ def test_each_filter_has_one_module_and_every_used_filter_exists() -> None:
     names = [
         name
         for path in sorted((ROOT / "roles/llm_router/filter_plugins").glob("*.py"))
-        for name in _load(path.stem).FilterModule().filters()
+        for name in load_filter(path.stem).FilterModule().filters()
     ]
     assert len(names) == len(set(names))
     sources = [
@@ -47,17 +37,6 @@ def test_each_filter_has_one_module_and_every_used_filter_exists() -> None:
     ]
     used = {name for p in sources for name in re.findall(r"\|[ \t]*(llm_router_\w+)", p.read_text())}
     assert used and used <= set(names), used - set(names)
-
-
-PATHS = {
-    "base_dir": "/opt/llm-router",
-    "config_dir": "/etc/llm-router",
-    "llama_server": "/opt/llm-router/bin/llama-server",
-    "sglang_python": "/opt/llm-router/engines/sglang/venv/bin/python",
-    "vllm_bin": "/opt/llm-router/engines/vllm/venv/bin/vllm",
-    "tabbyapi_dir": "/opt/llm-router/engines/tabbyapi/main",
-    "tabbyapi_exl2_dir": "/opt/llm-router/engines/tabbyapi/exl2",
-}
 
 
 @pytest.mark.parametrize(
@@ -74,12 +53,6 @@ def test_cuda_architectures_rejects_garbage() -> None:
 
 def test_slug() -> None:
     assert models_f.model_slug("Qwen/Qwen2.5-72B-Instruct-AWQ") == "qwen-qwen2-5-72b-instruct-awq"
-
-
-def normalize(models, **kwargs):
-    return models_f.normalize_models(
-        models, 8100, PATHS, kwargs.get("archs", ["90", "120a"]), kwargs.get("acc", "cuda")
-    )
 
 
 def test_engine_commands_carry_inventory_flags() -> None:
@@ -114,7 +87,10 @@ def test_engine_commands_carry_inventory_flags() -> None:
         assert " ".join(flag) in " ".join(q["argv"])
     assert "--sleep-on-idle" in q["argv"] and "--enable-memory-saver" in q["argv"]
     # PCI bus order: the indices in `gpus` are nvidia-smi's and NVML's, which the router's placement counts with.
-    assert q["env"] == {"CUDA_VISIBLE_DEVICES": "0,1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert {k: q["env"][k] for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")} == {
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }
     assert q["unit"] == "llm-model@q.service"
     assert v["port"] == 9000 and "--enable-sleep-mode" in v["argv"] and v["env"]["VLLM_SERVER_DEV_MODE"] == "1"
     assert "--tensor-split 3,1" in " ".join(g["argv"]) and g["argv"][-1] == "--jinja"
@@ -253,44 +229,62 @@ def test_vllm_leaves_room_for_sleeping_neighbours() -> None:
 
 
 def test_gpu_engines_get_cuda_home_and_path() -> None:
-    """Triton/FlashInfer JIT look up CUDA_HOME and nvcc on PATH (engines-and-ansible.md §3: "Unset CUDA_HOME ->
-    export /usr/local/cuda-<ver>"); systemd's EnvironmentFile does not expand $PATH, so PATH is written out."""
-    models = models_f.normalize_models(
+    """FlashInfer's JIT runs `ninja` by name (flashinfer 0.6.7.post3 jit/cpp_ext.py:318, 0.7.2 :419), which pip puts
+    in the venv's bin/ (sglang METADATA Requires-Dist: ninja): the venv first on PATH (engine-audit-2 #2); then the
+    toolkit's bin/ for nvcc (Triton/FlashInfer read CUDA_HOME). systemd's EnvironmentFile does not expand $PATH,
+    so PATH is written out."""
+    models = normalize(
         [
             {"id": "s", "backend": "sglang", "model": "/m/s"},
             {"id": "v", "backend": "vllm", "model": "/m/v"},
             {"id": "t", "backend": "tabbyapi", "model": "/m/t"},
+            {"id": "t2", "backend": "tabbyapi", "model": "/m/t2", "format": "exl2"},
             {"id": "g", "backend": "llamacpp", "model": "/m/g.gguf"},
+            {"id": "own", "backend": "sglang", "model": "/m/o", "env": {"PATH": "/mine"}},
         ],
-        8100,
-        PATHS,
-        ["90"],
-        "cuda",
-        cuda_home="/usr/local/cuda-12.8",
+        archs=["90"],
+        cuda_home="/usr/local/cuda-13.0",
     )
-    for model in models[:3]:
-        assert model["env"]["CUDA_HOME"] == "/usr/local/cuda-12.8"
-        assert model["env"]["PATH"].startswith("/usr/local/cuda-12.8/bin:/usr/local/sbin:")
-    assert "CUDA_HOME" not in models[3]["env"]
+    venvs = [
+        PATHS["sglang_venv"],
+        PATHS["vllm_venv"],
+        PATHS["tabbyapi_dir"] + "/venv",
+        PATHS["tabbyapi_exl2_dir"] + "/venv",
+    ]
+    for model, venv in zip(models[:4], venvs, strict=True):
+        assert model["env"]["CUDA_HOME"] == "/usr/local/cuda-13.0"
+        assert model["env"]["PATH"] == f"{venv}/bin:/usr/local/cuda-13.0/bin:{models_f.SYSTEM_PATH}"
+        # The interpreter the engine runs is the one the PATH finds first.
+        assert model["argv"][0].startswith(venv + "/bin/")
+    assert "CUDA_HOME" not in models[4]["env"] and "PATH" not in models[4]["env"]
+    assert models[5]["env"]["PATH"] == "/mine"  # the inventory's env wins
     (no_toolkit,) = normalize([{"id": "s", "backend": "sglang", "model": "/m/s"}])
     assert "CUDA_HOME" not in no_toolkit["env"]
+    assert no_toolkit["env"]["PATH"] == f"{PATHS['sglang_venv']}/bin:{models_f.SYSTEM_PATH}"
+    (on_cpu,) = normalize([{"id": "g", "backend": "llamacpp", "model": "/m/g.gguf"}], acc="cpu", archs=[])
+    assert on_cpu["env"] == {}
 
 
-ROLE = ROOT / "roles/llm_router"
+def test_blackwell_engines_keep_ptx_jit_results() -> None:
+    """vLLM's FlashAttention-2 has only sm_80 SASS + compute_80 PTX (vllm 0.19.1/0.32.0 _vllm_fa2_C.abi3.so), so on
+    sm_120 the driver JIT-compiles it; a 4 GiB cache under HOME keeps the result (engine-audit-2 #10)."""
+    (blackwell,) = normalize([{"id": "v", "backend": "vllm", "model": "/m/v"}], archs=["90", "120a"])
+    assert blackwell["env"]["CUDA_CACHE_MAXSIZE"] == "4294967296"
+    (hopper,) = normalize([{"id": "v", "backend": "vllm", "model": "/m/v"}], archs=["90"])
+    assert "CUDA_CACHE_MAXSIZE" not in hopper["env"]
 
 
-def render(template: str, **variables) -> str:
-    """Render a role template with stand-ins for the Ansible filters it uses."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLE / "templates"), keep_trailing_newline=True)
-    env.filters.update(
-        comment=lambda text, decoration="# ": decoration + text,
-        to_json=json.dumps,
-        quote=shlex.quote,
-        basename=lambda p: Path(p).name,
-        dirname=lambda p: str(Path(p).parent),
+def test_directory_weights_lose_a_trailing_slash() -> None:
+    """TabbyAPI's model_name is the basename of the path: '' for /srv/x/ (engine-audit-2 #12)."""
+    (tabby, sglang) = normalize(
+        [
+            {"id": "t", "backend": "tabbyapi", "model": "/srv/m/Qwen-exl3/"},
+            {"id": "s", "backend": "sglang", "model": "/srv/s//"},
+        ]
     )
-    env.tests["match"] = lambda value, pattern: __import__("re").match(pattern, str(value)) is not None
-    return env.get_template(template).render(ansible_managed="managed", **variables)
+    assert tabby["model"] == "/srv/m/Qwen-exl3" and sglang["model"] == "/srv/s"
+    config = yaml.safe_load(render("tabbyapi-config.yml.j2", item=tabby))
+    assert (config["model"]["model_dir"], config["model"]["model_name"]) == ("/srv/m", "Qwen-exl3")
 
 
 def test_tabbyapi_config_restores_the_configured_load_on_wake() -> None:
@@ -341,24 +335,46 @@ def test_tabbyapi_config_restores_the_configured_load_on_wake() -> None:
     }
 
 
-def test_model_unit_lets_tabbyapi_write_its_logs() -> None:
-    """tabbyAPI@e632af4 common/logger.py:122-128 (and @79126f9 the same) adds the loguru sink "logs/{time}.log"
-    relative to the working directory, which loguru creates at add() time; the checkout is read-only under
-    ProtectSystem=strict unless listed in ReadWritePaths (engine-audit.md #1)."""
+def model_unit(accelerator: str = "cuda") -> list[str]:
+    """The rendered llm-model@.service, one line per entry."""
     paths = {"tabbyapi_dir": PATHS["tabbyapi_dir"], "tabbyapi_exl2_dir": PATHS["tabbyapi_exl2_dir"]}
-    unit = render(
+    return render(
         "llm-model@.service.j2",
         llm_router_engine_user="llm-engine",
         llm_router_config_dir="/etc/llm-router",
         llm_router_state_dir="/var/lib/llm-router",
         llm_router_base_dir="/opt/llm-router",
+        llm_router_accelerator=accelerator,
+        llm_router_nvidia_modprobe="/usr/bin/nvidia-modprobe",
         _llm_router_paths=paths,
-    )
-    assert (
-        "ReadWritePaths=-/opt/llm-router/engines/tabbyapi/main/logs -/opt/llm-router/engines/tabbyapi/exl2/logs"
-        in unit.splitlines()
-    )
-    assert "ProtectSystem=strict" in unit.splitlines()
+    ).splitlines()
+
+
+def test_model_unit_sets_no_device_policy() -> None:
+    """Every key here that makes systemd install a device allow-list hides /dev/nvidia* from CUDA (EPERM). On systemd
+    249 (Ubuntu 22.04) ProtectClock=yes is one: it adds DeviceAllow=char-rtc r, and with DevicePolicy=auto any
+    allow entry closes every other device (systemd v249.11 src/core/unit.c:4120-4124, src/core/cgroup.c:1145-1148;
+    fixed in v252 by 63857bf4; engine-audit-2 #1). PrivateDevices= hides them, DevicePolicy=closed/strict and
+    DeviceAllow= close the rest. Molecule opens NVIDIA device nodes inside the unit (molecule/default/verify.yml)."""
+    keys = {line.split("=", 1)[0] for line in model_unit() if "=" in line and not line.startswith("#")}
+    assert keys.isdisjoint({"ProtectClock", "PrivateDevices", "DevicePolicy", "DeviceAllow", "RootImage"}), keys
+
+
+def test_gpu_units_create_the_uvm_node_as_root_before_the_engine() -> None:
+    """NoNewPrivileges= stops the setuid nvidia-modprobe that libcuda runs to create /dev/nvidia-uvm (NVIDIA/enroot#106;
+    engine-audit-2 #4): the unit runs it first, privileged ('+'), and carries on where it is missing ('-')."""
+    assert "ExecStartPre=-+/usr/bin/nvidia-modprobe -u -c=0" in model_unit("cuda")
+    assert not [line for line in model_unit("cpu") if line.startswith("ExecStartPre")]
+
+
+def test_model_unit_lets_tabbyapi_write_its_logs() -> None:
+    """tabbyAPI@e632af4 common/logger.py:122-128 (and @79126f9 the same) adds the loguru sink "logs/{time}.log"
+    relative to the working directory, which loguru creates at add() time; the checkout is read-only under
+    ProtectSystem=strict unless listed in ReadWritePaths (engine-audit.md #1)."""
+    unit = model_unit()
+    logs = "-/opt/llm-router/engines/tabbyapi/main/logs -/opt/llm-router/engines/tabbyapi/exl2/logs"
+    assert f"ReadWritePaths={logs}" in unit
+    assert "ProtectSystem=strict" in unit
     (model,) = normalize([{"id": "t", "backend": "tabbyapi", "model": "/m/T-exl3"}])
     script = render("model-start.sh.j2", item=model)
     assert f"cd {PATHS['tabbyapi_dir']}" in script  # templates/ and sampler_overrides/ are relative to it too
@@ -376,7 +392,8 @@ def test_model_env_file_quotes_values() -> None:
     lines = render("model.env.j2", item=model).splitlines()
     assert "CUDA_HOME=/usr/local/cuda" in lines and "VLLM_SERVER_DEV_MODE=1" in lines
     assert "CUDA_VISIBLE_DEVICES=0,1" in lines
-    assert "PATH=/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in lines
+    path = "PATH=/opt/llm-router/engines/vllm/venv/bin:/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin"
+    assert path + ":/usr/bin:/sbin:/bin" in lines
 
 
 def test_llamacpp_build_turns_the_web_ui_off() -> None:
@@ -625,7 +642,7 @@ def test_revision_changes_with_what_shapes_the_engine_and_only_for_that_model() 
     assert "revision" not in config_f.router_config(normalize(fleet), {}, "/etc/llm-router")["models"][0]
 
 
-schema = _load("llm_router_schema")
+schema = load_filter("llm_router_schema")
 
 
 def test_argument_specs_describe_every_model_key() -> None:

@@ -179,6 +179,41 @@ def engine_ports(models: list[dict[str, Any]], base_port: int) -> dict[int, int]
     return ports
 
 
+def engine_venv(model: dict[str, Any], paths: dict[str, str]) -> str:
+    """The virtualenv a pip-installed engine runs from (its bin/ holds ninja, python and the engine's CLI)."""
+    backend = model["backend"]
+    if backend == "tabbyapi":
+        return f"{model['workdir']}/venv"
+    return paths.get(f"{backend}_venv", f"{paths.get('base_dir', '/opt/llm-router')}/engines/{backend}/venv")
+
+
+# The driver's JIT cache for PTX (vLLM's FlashAttention-2 ships only sm_80 SASS + compute_80 PTX, so sm_120 runs it
+# JIT-compiled: vllm 0.19.1/0.32.0 vllm_flash_attn/_vllm_fa2_C.abi3.so fatbin; engine-audit-2 #10). The default cap
+# (256 MiB) would evict and recompile kernels at every start; 4 GiB keeps them under HOME.
+CUDA_JIT_CACHE_BYTES = "4294967296"
+
+
+def _gpu_engine_env(
+    model: dict[str, Any], env: dict[str, str], paths: dict[str, str], cuda_archs: list[str], cuda_home: str
+) -> dict[str, str]:
+    """PATH, CUDA_HOME and the JIT cache size of a GPU engine; values the inventory set in `env` win.
+
+    PATH: the engine's venv/bin first. FlashInfer's JIT runs `ninja` by name (flashinfer 0.6.7.post3
+    jit/cpp_ext.py:318, 0.7.2 :419) and pip puts ninja in the venv's bin/, which systemd's PATH lacks
+    (engine-audit-2 #2); then the toolkit's bin/ for nvcc (Triton/FlashInfer look up CUDA_HOME and nvcc).
+    systemd's EnvironmentFile does not expand $PATH, so it is written out.
+    """
+    out: dict[str, str] = {}
+    bins = [f"{engine_venv(model, paths)}/bin"] + ([f"{cuda_home}/bin"] if cuda_home else [])
+    if "PATH" not in env:
+        out["PATH"] = ":".join([*bins, SYSTEM_PATH])
+    if cuda_home and "CUDA_HOME" not in env:
+        out["CUDA_HOME"] = cuda_home
+    if any(arch.startswith("12") for arch in cuda_archs) and "CUDA_CACHE_MAXSIZE" not in env:
+        out["CUDA_CACHE_MAXSIZE"] = CUDA_JIT_CACHE_BYTES
+    return out
+
+
 def normalize_models(
     models: list[dict[str, Any]],
     base_port: int = 8100,
@@ -189,8 +224,8 @@ def normalize_models(
 ) -> list[dict[str, Any]]:
     """Validate inventory models and add what the templates need: slug, port, unit, argv, env, workdir.
 
-    cuda_home: the CUDA toolkit, exported as CUDA_HOME (and its bin/ first on PATH) to the GPU engines
-    so Triton/FlashInfer JIT find nvcc; empty when the host has no toolkit.
+    cuda_home: the CUDA toolkit, exported as CUDA_HOME (and its bin/ on PATH after the engine's venv) to the GPU
+    engines so Triton/FlashInfer JIT find nvcc; empty when the host has no toolkit.
     """
     paths = paths or {}
     cuda_archs = cuda_archs or []
@@ -224,6 +259,8 @@ def normalize_models(
             continue
         if not model.get("model"):
             raise FilterError(f"{where} ({model['id']}): 'model' (path or name of the weights) is required")
+        # A directory given as /srv/x/ would give TabbyAPI an empty model_name (basename ''; engine-audit-2 #12).
+        model["model"] = str(model["model"]).rstrip("/") or "/"
         port = default_ports[index]
         if port in used_ports:
             raise FilterError(f"{where} ({model['id']}): port {port} is already used by {used_ports[port]!r}")
@@ -246,9 +283,8 @@ def normalize_models(
         if model["backend"] == "vllm":
             lib = f"{paths.get('base_dir', '/opt/llm-router')}/lib/python"  # the --middleware module
             env["PYTHONPATH"] = f"{lib}:{env['PYTHONPATH']}" if env.get("PYTHONPATH") else lib
-        if model["backend"] in GPU_BACKENDS and accelerator == "cuda" and cuda_home:
-            env.setdefault("CUDA_HOME", cuda_home)
-            env.setdefault("PATH", f"{cuda_home}/bin:{SYSTEM_PATH}")
+        if model["backend"] in GPU_BACKENDS and accelerator == "cuda":
+            env.update(_gpu_engine_env(model, env, paths, cuda_archs, cuda_home))
         model["env"] = env
         out.append(model)
     return out

@@ -1,0 +1,72 @@
+"""The role's filters and templates, loaded and rendered outside Ansible (for unit tests and engine-code checks).
+
+Filter plugins are loaded by file path, as Ansible loads them (each file is a plugin of its own); templates are
+rendered with jinja2 and stand-ins for the Ansible filters they use (`trim_blocks` off, as Ansible's template module
+leaves it for these templates).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jinja2
+
+ROOT = Path(__file__).resolve().parents[1]
+ROLE = ROOT / "roles/llm_router"
+
+# roles/llm_router/vars/main.yml `_llm_router_paths` with the role's defaults (base /opt/llm-router).
+PATHS = {
+    "base_dir": "/opt/llm-router",
+    "config_dir": "/etc/llm-router",
+    "llama_server": "/opt/llm-router/bin/llama-server",
+    "sglang_venv": "/opt/llm-router/engines/sglang/venv",
+    "sglang_python": "/opt/llm-router/engines/sglang/venv/bin/python",
+    "vllm_venv": "/opt/llm-router/engines/vllm/venv",
+    "vllm_bin": "/opt/llm-router/engines/vllm/venv/bin/vllm",
+    "tabbyapi_dir": "/opt/llm-router/engines/tabbyapi/main",
+    "tabbyapi_exl2_dir": "/opt/llm-router/engines/tabbyapi/exl2",
+}
+
+
+def load_filter(name: str) -> ModuleType:
+    """A filter_plugins module by file path (roles/llm_router/filter_plugins/<name>.py)."""
+    spec = importlib.util.spec_from_file_location(name, ROLE / f"filter_plugins/{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+models_f = load_filter("llm_router_models")
+
+
+def normalize(models: list[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
+    """normalize_models with the default paths, an H100 + RTX PRO 6000 host unless `archs`/`acc` say otherwise."""
+    return models_f.normalize_models(
+        models,
+        8100,
+        kwargs.get("paths", PATHS),
+        kwargs.get("archs", ["90", "120a"]),
+        kwargs.get("acc", "cuda"),
+        cuda_home=kwargs.get("cuda_home", ""),
+    )
+
+
+def render(template: str, **variables: Any) -> str:
+    """Render a role template with stand-ins for the Ansible filters it uses."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLE / "templates"), keep_trailing_newline=True)
+    env.filters.update(
+        comment=lambda text, decoration="# ": decoration + text,
+        to_json=json.dumps,
+        quote=shlex.quote,
+        basename=lambda p: Path(p).name,
+        dirname=lambda p: str(Path(p).parent),
+    )
+    env.tests["match"] = lambda value, pattern: re.match(pattern, str(value)) is not None
+    return env.get_template(template).render(ansible_managed="managed", **variables)

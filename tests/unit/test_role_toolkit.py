@@ -1,0 +1,104 @@
+"""The role's CUDA toolkit checks (filter_plugins/llm_router_toolkit.py): what preflight refuses, and why.
+
+Facts (engine-audit-2 #3, #4, #7): FlashInfer's JIT needs nvcc of the SGLang lane's CUDA major, and >= 12.9 for
+sm_12x on the CUDA 12 lane (flashinfer 0.6.7.post3 compilation_context.py:46-52); a toolkit's builds need a driver
+of its major (13.x >= 580.65.06); the llama.cpp CUDA build links cuBLAS, cudart and libcuda (ggml-cuda
+CMakeLists.txt b11312); CUDA needs /dev/nvidia-uvm, which the units create with nvidia-modprobe.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.role_render import load_filter, normalize
+
+toolkit = load_filter("llm_router_toolkit")
+
+SGLANG_CU13 = {"sglang": {"lane": "cu13", "cuda_major": 13}}
+SGLANG_CU12 = {"sglang": {"lane": "cu12", "cuda_major": 12}}
+ALL_FILES = dict.fromkeys(toolkit.BUILD_NEEDS, "/somewhere")
+
+
+def errors(models, plan=SGLANG_CU13, version="13.0", driver="580.95.05", archs=("90",), llamacpp=False, found=None):
+    return toolkit.toolkit_errors(
+        normalize(models, archs=list(archs)), plan, version, "/usr/local/cuda", driver, list(archs), llamacpp, found
+    )
+
+
+SGLANG = {"id": "s", "backend": "sglang", "model": "/m/s"}
+JIT_FREE = {**SGLANG, "extra_args": ["--attention-backend", "triton", "--sampling-backend", "pytorch"]}
+
+
+def test_sglang_needs_an_nvcc_of_its_lane_major() -> None:
+    (missing,) = errors([SGLANG], version="")
+    assert "no CUDA toolkit at /usr/local/cuda" in missing and "cuda-nvcc-13-X" in missing
+    (other_major,) = errors([SGLANG], version="12.8")
+    assert "CUDA 13 wheels here (lane cu13), but the toolkit at /usr/local/cuda is CUDA 12.8" in other_major
+    assert errors([SGLANG], version="13.0") == []
+    assert errors([SGLANG], plan=SGLANG_CU12, version="12.4") == []  # Hopper: no 12.9 floor
+
+
+def test_sglang_cu12_lane_on_blackwell_needs_nvcc_12_9() -> None:
+    (refused,) = errors([SGLANG], plan=SGLANG_CU12, version="12.8", archs=("90", "120a"))
+    assert "SM 12.x requires CUDA >= 12.9" in refused and "cuda-nvcc-12-9" in refused
+    assert errors([SGLANG], plan=SGLANG_CU12, version="12.9", archs=("120a",)) == []
+
+
+def test_sglang_without_flashinfer_jit_needs_no_toolkit() -> None:
+    assert errors([JIT_FREE], version="") == []
+    sampling_only = {**SGLANG, "extra_args": ["--sampling-backend", "pytorch"]}
+    assert errors([sampling_only], version="") != []  # attention left to SGLang (flashinfer on sm_12x)
+    attention_only = {**SGLANG, "extra_args": ["--attention-backend", "triton"]}
+    assert errors([attention_only], version="") != []  # sampling still FlashInfer
+    assert errors([{"id": "v", "backend": "vllm", "model": "/m/v"}], version="") == []
+
+
+def test_the_driver_must_run_what_the_toolkit_builds() -> None:
+    gguf = {"id": "g", "backend": "llamacpp", "model": "/m/g.gguf"}
+    (old,) = errors([gguf], plan={}, version="13.0", driver="570.172.08", llamacpp=True)
+    assert "needs NVIDIA driver >= 580.65.06; this host has 570.172.08" in old
+    assert errors([gguf], plan={}, version="13.0", driver="580.65.06", llamacpp=True) == []
+    assert errors([gguf], plan={}, version="12.8", driver="550.54.15", llamacpp=True) == []
+    assert errors([gguf], plan={}, version="12.8", driver="520.61.05", llamacpp=True) != []
+    # Nothing builds with the toolkit: its version does not matter.
+    assert errors([{"id": "v", "backend": "vllm", "model": "/m/v"}], plan={}, version="13.0", driver="570.1") == []
+
+
+@pytest.mark.parametrize(
+    ("need", "package"),
+    [
+        ("cublas_header", "libcublas-dev-13-0"),
+        ("cublas_lib", "libcublas-dev-13-0"),
+        ("cudart_lib", "cuda-cudart-dev-13-0"),
+        ("driver_lib", "cuda-driver-dev-13-0"),
+    ],
+)
+def test_llamacpp_build_names_the_missing_package(need: str, package: str) -> None:
+    gguf = {"id": "g", "backend": "llamacpp", "model": "/m/g.gguf"}
+    found = {**ALL_FILES, need: ""}
+    (refused,) = errors([gguf], plan={}, llamacpp=True, found=found)
+    assert f"install {package} from NVIDIA's CUDA repository" in refused
+    assert toolkit.BUILD_NEEDS[need][0] in refused
+    assert errors([gguf], plan={}, llamacpp=True, found=ALL_FILES) == []
+    assert errors([gguf], plan={}, llamacpp=True, found=None) == []  # render-only: no files to look at
+    assert errors([SGLANG], found={}) == []  # only the llama.cpp build links cuBLAS
+
+
+def test_stat_results_pick_the_first_existing_candidate() -> None:
+    items = toolkit.toolkit_stat_items("/usr/local/cuda-13.0")
+    assert {"need": "cublas_header", "path": "/usr/local/cuda-13.0/include/cublas_v2.h"} in items
+    assert {"need": "driver_lib", "path": "/usr/local/cuda-13.0/lib64/stubs/libcuda.so"} in items
+    results = [
+        {"item": {"need": "cublas_lib", "path": "/a/libcublas.so"}, "stat": {"exists": False}},
+        {"item": {"need": "cublas_lib", "path": "/b/libcublas.so"}, "stat": {"exists": True}},
+        {"item": {"need": "cublas_lib", "path": "/c/libcublas.so"}, "stat": {"exists": True}},
+        {"item": {"need": "cudart_lib", "path": "/a/libcudart.so"}, "stat": {"exists": False}},
+    ]
+    assert toolkit.toolkit_found(results) == {"cublas_lib": "/b/libcublas.so", "cudart_lib": ""}
+
+
+def test_uvm_needs_the_node_or_nvidia_modprobe() -> None:
+    assert toolkit.uvm_errors(True, False, "/usr/bin/nvidia-modprobe") == []
+    assert toolkit.uvm_errors(False, True, "/usr/bin/nvidia-modprobe") == []
+    (refused,) = toolkit.uvm_errors(False, False, "/usr/bin/nvidia-modprobe")
+    assert "apt install nvidia-modprobe" in refused
