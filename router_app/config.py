@@ -123,6 +123,9 @@ class RouterSettings(Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8002
     load_timeout_s: PositiveSeconds = 900
+    # A model's first load (none recorded for its revision in state_dir) compiles and downloads what later loads
+    # find cached: JIT kernels, torch.compile, CUDA graphs, Hugging Face files. It gets this long instead.
+    first_load_timeout_s: PositiveSeconds = 3600
     drain_timeout_s: PositiveSeconds = 300
     stop_timeout_s: PositiveSeconds = 30
     status_style: StatusStyle = StatusStyle.OPENWEBUI
@@ -199,6 +202,7 @@ class ModelConfig(Strict):
     api_key_file: Path | None = None
     api_tokens_file: Path | None = None
     load_timeout_s: PositiveSeconds | None = None
+    first_load_timeout_s: PositiveSeconds | None = None
     tabby_model_name: str | None = None
     # Placement and lifecycle.
     devices: list[str] | None = None  # devices it occupies (GPU indices or declared names); default: all

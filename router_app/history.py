@@ -1,4 +1,5 @@
-"""What the router learned about each model, kept across restarts: load times and footprints.
+"""What the router learned about each model, kept across restarts: load times (and the revision they were made
+with), footprints, and which engine process it put to sleep.
 
 One JSON file in `router.state_dir` (`models.json`), rewritten atomically after each change.
 Footprints are keyed by what shapes them (`memory.footprint_key`), so a changed command or
@@ -21,12 +22,18 @@ log = logging.getLogger(__name__)
 KEEP_LOAD_TIMES = 7
 
 
+def _optional(kind: type, value: Any) -> Any:
+    return None if value is None else kind(value)
+
+
 @dataclass
 class ModelHistory:
     load_times: list[float] = field(default_factory=list)
     footprint_key: str = ""
     footprint: dict[str, int] = field(default_factory=dict)  # bytes per device, measured when ready
     sleep_footprint: dict[str, int] = field(default_factory=dict)
+    loaded_revision: str | None = None  # `revision` of the model at its last successful load
+    asleep_pid: int | None = None  # the engine process the router put to sleep (or is putting to sleep)
 
     def median_load_s(self) -> float | None:
         return statistics.median(self.load_times) if self.load_times else None
@@ -47,6 +54,8 @@ class History:
                         footprint_key=str(entry.get("footprint_key", "")),
                         footprint={str(k): int(v) for k, v in entry.get("footprint", {}).items()},
                         sleep_footprint={str(k): int(v) for k, v in entry.get("sleep_footprint", {}).items()},
+                        loaded_revision=_optional(str, entry.get("loaded_revision")),
+                        asleep_pid=_optional(int, entry.get("asleep_pid")),
                     )
             except (OSError, ValueError, TypeError, AttributeError) as exc:
                 log.warning("ignoring unreadable history %s: %s", self.path, exc)
@@ -54,10 +63,23 @@ class History:
     def get(self, model_id: str) -> ModelHistory:
         return self.models.setdefault(model_id, ModelHistory())
 
-    def record_load(self, model_id: str, seconds: float) -> None:
+    def record_load(self, model_id: str, seconds: float, revision: str | None = None) -> None:
         entry = self.get(model_id)
         entry.load_times = [*entry.load_times, round(seconds, 3)][-KEEP_LOAD_TIMES:]
+        entry.loaded_revision = revision
         self.save()
+
+    def loaded_before(self, model_id: str, revision: str | None) -> bool:
+        """Whether the model has loaded as configured now (same revision): later loads find caches warm."""
+        entry = self.models.get(model_id)
+        return bool(entry and entry.load_times and entry.loaded_revision == revision)
+
+    def record_asleep(self, model_id: str, pid: int | None) -> None:
+        """The engine process put to sleep (recorded before the sleep request), None once awake or stopped."""
+        entry = self.get(model_id)
+        if entry.asleep_pid != pid:
+            entry.asleep_pid = pid
+            self.save()
 
     def footprint(self, model_id: str, key: str) -> dict[str, int]:
         entry = self.models.get(model_id)
@@ -80,6 +102,8 @@ class History:
                     "footprint_key": entry.footprint_key,
                     "footprint": entry.footprint,
                     "sleep_footprint": entry.sleep_footprint,
+                    "loaded_revision": entry.loaded_revision,
+                    "asleep_pid": entry.asleep_pid,
                 }
                 for model_id, entry in self.models.items()
             }

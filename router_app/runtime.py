@@ -1,8 +1,9 @@
 """One model's engine as the switch owner sees it: state, start/wake, readiness, stop/sleep.
 
 The readiness loop lives here once for every engine kind: poll the adapter's health with
-backoff (connection refused and 503 mean "not yet"), then a 1-token generation probe, and
-abort the moment the supervisor reports that the engine died, with its last log lines.
+backoff (connection refused and 503 mean "not yet"), then a 1-token greedy probe and, after a
+cold start, one sampled request; abort the moment the supervisor reports that the engine died,
+with its last log lines.
 
 Wake integrity: for a model that sleeps, the greedy answer to a fixed probe is recorded at a cold
 load (asked twice; if the two differ it stays unknown) and asked again after every wake. Different
@@ -20,6 +21,8 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
+
+import httpx
 
 from .config import ModelConfig, RouterSettings
 from .engines import EngineAdapter, EngineError, Health
@@ -96,6 +99,8 @@ class ModelRuntime:
         self.fingerprint: str | None = None
         self.integrity_restarts = 0
         self.last_integrity_restart: str | None = None
+        # The timeout of the cold load in progress, and the key that sets it (for the error message).
+        self._timeout_s, self._timeout_key = self.load_timeout_s, "load_timeout_s"
 
     def _set(self, state: ModelState) -> None:
         self.state = state
@@ -104,6 +109,13 @@ class ModelRuntime:
     @property
     def load_timeout_s(self) -> float:
         return self.model.load_timeout_s or self._settings.load_timeout_s
+
+    @property
+    def first_load_timeout_s(self) -> float:
+        """A first load compiles and downloads what later loads find cached (JIT kernels, torch.compile, CUDA graphs,
+        Hugging Face files): it may take this long (never less than load_timeout_s)."""
+        first = self.model.first_load_timeout_s or self._settings.first_load_timeout_s
+        return max(first, self.load_timeout_s)
 
     def info(self) -> dict[str, object]:
         """State for /health and /running."""
@@ -125,14 +137,23 @@ class ModelRuntime:
             data["last_wake_integrity_restart"] = self.last_integrity_restart
         return data
 
-    async def activate(self) -> None:
-        """Make the engine ready to serve: start it, or wake it if it sleeps."""
+    async def activate(self, first_load: bool = False) -> None:
+        """Make the engine ready to serve: start it, or wake it if it sleeps.
+
+        first_load: the engine has never loaded this model as configured (no load in the router's history for its
+        revision): a cold start may take first_load_timeout_s.
+        """
         if self.supervisor is None or self.state is ModelState.READY:
             return
         started = time.monotonic()
-        deadline = started + self.load_timeout_s
+        waking = self.state is ModelState.SLEEPING
+        if first_load and not waking:
+            self._timeout_s, self._timeout_key = self.first_load_timeout_s, "first_load_timeout_s"
+        else:
+            self._timeout_s, self._timeout_key = self.load_timeout_s, "load_timeout_s"
+        deadline = started + self._timeout_s
         try:
-            if self.state is ModelState.SLEEPING:
+            if waking:
                 self._set(ModelState.STARTING)
                 await self._race_exit(self.adapter.wake(), deadline)
                 await self._wait_ready(deadline)
@@ -142,7 +163,7 @@ class ModelRuntime:
                     await self._stop_supervisor()  # an engine marked unreachable may still be running
                 self._set(ModelState.STARTING)
                 await self._launch()
-                await self._wait_ready(deadline)
+                await self._wait_ready(deadline, cold=True)
                 await self._record_fingerprint()
         except (SwitchError, SupervisorError, EngineError, OSError) as exc:
             reason = str(exc) if isinstance(exc, SwitchError) else f"{self.model.id}: {exc}"
@@ -205,7 +226,7 @@ class ModelRuntime:
             raise SwitchError(await self._died_message())
         raise SwitchError(
             await self._with_logs(
-                f"{self.model.id} did not become ready within {self.load_timeout_s:.0f} s (load_timeout_s)"
+                f"{self.model.id} did not become ready within {self._timeout_s:.0f} s ({self._timeout_key})"
             )
         )
 
@@ -226,18 +247,21 @@ class ModelRuntime:
             text = text.replace(secret, "***")
         return message + "; last log lines:\n" + text
 
-    async def _wait_ready(self, deadline: float) -> None:
+    async def _wait_ready(self, deadline: float, cold: bool = False) -> None:
+        """Health, then a 1-token greedy probe, and after a cold start one sampled request (engines.SAMPLED_PROBE)."""
         delay = POLL_FIRST_S
         checks = [self.adapter.health]
         if not self.adapter.health_means_loaded:
             checks.append(self.adapter.probe_generation)
+        if cold:
+            checks.append(self.adapter.probe_sampled)
         for check in checks:
             while await self._race_exit(check(), deadline) is not Health.READY:
                 await self._race_exit(asyncio.sleep(delay), deadline)
                 delay = min(delay * 1.5, POLL_MAX_S)
 
     @property
-    def _may_sleep(self) -> bool:
+    def may_sleep(self) -> bool:
         return self.model.evict == "sleep" and self.adapter.supports_sleep
 
     async def _take_fingerprint(self) -> str | None:
@@ -253,7 +277,7 @@ class ModelRuntime:
     async def _record_fingerprint(self) -> None:
         """At a cold load of a model that may sleep: remember the probe's answer if it is deterministic."""
         self.fingerprint = None
-        if not self._may_sleep:
+        if not self.may_sleep:
             return
         first = await self._take_fingerprint()
         if first is None:
@@ -292,7 +316,8 @@ class ModelRuntime:
             self._metrics.wake_integrity_restarts.labels(self.model.id).inc()
         await self._stop_supervisor()
         await self._launch()
-        await self._wait_ready(time.monotonic() + self.load_timeout_s)
+        self._timeout_s, self._timeout_key = self.load_timeout_s, "load_timeout_s"
+        await self._wait_ready(time.monotonic() + self.load_timeout_s, cold=True)
         await self._record_fingerprint()
 
     async def deactivate(self) -> None:
@@ -341,21 +366,41 @@ class ModelRuntime:
         self.last_error = None
         self._set(ModelState.STOPPED)
 
-    async def adopt(self) -> bool:
-        """At router start: take over an engine that is already running and healthy (systemd units)."""
+    async def adopt(self, slept_pid: int | None = None) -> ModelState | None:
+        """At router start: take over an engine that is already running (systemd units), awake or asleep.
+
+        An engine that may sleep is asked whether it sleeps (vLLM /is_sleeping, TabbyAPI without a model); where it
+        cannot say (SGLang), `slept_pid` — the engine PID the router recorded when it put the model to sleep — decides:
+        the same PID still runs, so it still sleeps. A sleeping engine is never health-checked: SGLang's /health
+        generates a token, on memory it released (engine-audit-2 #6). Returns the adopted state, or None (stopped).
+        """
         if self.supervisor is None or not await self.supervisor.is_running():
-            return False
-        try:
-            healthy = await self.adapter.health() is Health.READY
-        except EngineError:
-            healthy = False
-        if not healthy:
-            await self._cleanup_after_failure()
-            return False
+            return None
+        asleep: bool | None = None
+        if self.may_sleep:
+            try:
+                asleep = await self.adapter.asleep()
+            except (EngineError, httpx.HTTPError) as exc:
+                log.warning("model %s: cannot tell whether it sleeps (%s)", self.model.id, exc)
+            if asleep is None and slept_pid is not None:
+                asleep = slept_pid in await self.supervisor.pids()
+        if not asleep:
+            try:
+                healthy = await self.adapter.health() is Health.READY
+            except EngineError:
+                healthy = False
+            if not healthy:
+                await self._cleanup_after_failure()
+                return None
         self._watch = asyncio.create_task(self._watch_exit(self.supervisor), name=f"exit-{self.model.id}")
-        self._set(ModelState.READY)
-        log.info("model %s was already running (%s): adopted", self.model.id, self.supervisor.description)
-        return True
+        self._set(ModelState.SLEEPING if asleep else ModelState.READY)
+        log.info(
+            "model %s was already running (%s)%s: adopted",
+            self.model.id,
+            self.supervisor.description,
+            " asleep" if asleep else "",
+        )
+        return self.state
 
     async def shutdown(self) -> None:
         """Stop the engine when the router exits (process supervisor only: units stay as they are)."""

@@ -204,10 +204,10 @@ class Scheduler:
         state.phase = Phase.STOPPED
         return self._plan(now)
 
-    def adopt(self, model: str, now: float) -> None:
-        """At start-up: `model` is found running and ready."""
+    def adopt(self, model: str, now: float, asleep: bool = False) -> None:
+        """At start-up: `model` is found running, ready or asleep."""
         state = self._models[model]
-        state.phase, state.ready_since, state.last_used = Phase.READY, now, now
+        state.phase, state.ready_since, state.last_used = (Phase.SLEEPING if asleep else Phase.READY), now, now
 
     def unload(self, model: str, now: float, reason: str = "unloaded on request") -> list[Effect]:
         """Evict `model` without loading another (drains first). No-op unless it is ready or asleep."""

@@ -238,7 +238,7 @@ class Switcher(StatusReport, Reconfiguration):
                         self.memory.settings.free_wait_s,
                         short,
                     )
-            await runtime.activate()
+            await runtime.activate(first_load=not self.history.loaded_before(runtime.model.id, runtime.model.revision))
         except SwitchError as exc:
             ok, reason = False, str(exc)
             log.error("loading %s failed: %s", model, reason)
@@ -258,7 +258,8 @@ class Switcher(StatusReport, Reconfiguration):
         if self._metrics is not None:
             self._metrics.switch_done(name, ok, elapsed)
         if ok:
-            self.history.record_load(name, runtime.load_seconds or elapsed)
+            self.history.record_load(name, runtime.load_seconds or elapsed, runtime.model.revision)
+            self.history.record_asleep(name, None)
             await self._learn(runtime, asleep=False)
         model = self._id_of(runtime)  # after the last await: a config reload may have renamed it
         if not self.scheduler.manages(model):
@@ -276,6 +277,11 @@ class Switcher(StatusReport, Reconfiguration):
         try:
             if self._before_evict is not None:
                 await self._before_evict(model)
+            if runtime.may_sleep and runtime.state is ModelState.READY and runtime.supervisor is not None:
+                # Before the sleep request: a router that dies meanwhile adopts the engine as asleep at its next
+                # start (runtime.adopt), which SGLang cannot tell itself.
+                pids = await runtime.supervisor.pids()
+                self.history.record_asleep(runtime.model.id, pids[0] if pids else None)
             await runtime.deactivate()
         except Exception:
             log.exception("evicting %s failed", model)
@@ -283,6 +289,8 @@ class Switcher(StatusReport, Reconfiguration):
             model = self._id_of(runtime)
             self._evictions.pop(model, None)
         slept = runtime.state is ModelState.SLEEPING
+        if not slept:
+            self.history.record_asleep(runtime.model.id, None)
         if slept:
             await self._learn(runtime, asleep=True)
         model = self._id_of(runtime)  # after the last await: a config reload may have renamed it
@@ -374,9 +382,13 @@ class Switcher(StatusReport, Reconfiguration):
             if not await runtime.supervisor.is_running():
                 continue
             fits = self.scheduler.fits_now(model)
-            if fits and await runtime.adopt():
-                self.scheduler.adopt(model, now)
+            adopted = await runtime.adopt(self.history.get(runtime.model.id).asleep_pid) if fits else None
+            if adopted is not None:
+                self.scheduler.adopt(model, now, asleep=adopted is ModelState.SLEEPING)
+                if adopted is not ModelState.SLEEPING:
+                    self.history.record_asleep(runtime.model.id, None)
             elif fits:
+                self.history.record_asleep(runtime.model.id, None)
                 continue
             else:
                 log.info("model %s is running but does not fit next to the adopted ones: stopping it", model)

@@ -26,6 +26,13 @@ class Health(Enum):
 # Status codes engines use for "still loading": llama.cpp, SGLang and vLLM send 503.
 _LOADING_STATUSES = {503}
 
+# The sampled readiness probe after a cold load: a request that samples (temperature, top-p, top-k) walks the path a
+# user's chat walks, so kernels built at first use are built inside the load (under its progress and timeout), not in
+# the first chat. SGLang samples top-p/top-k with FlashInfer kernels that are JIT-compiled then (sglang 0.5.23
+# layers/sampler.py:47-52,435 -> flashinfer 0.7.2 sampling.py get_sampling_module); greedy requests take argmax and
+# skip them (sampler.py:105), so the 1-token probe and the fingerprint never reach them (engine-audit-2 #2).
+SAMPLED_PROBE = {"prompt": "Hi", "max_tokens": 4, "temperature": 0.7, "top_p": 0.9, "top_k": 40}
+
 # Wake-integrity probe: the same greedy request every time (fixed prompt, temperature 0, a few tokens).
 # Its answer at a cold load is compared with its answer after a wake (router_app.runtime).
 FINGERPRINT_PROMPT = "The capital of France is"
@@ -94,6 +101,25 @@ class EngineAdapter:
         if response.status_code != 200:
             raise EngineError(f"1-token probe answered {response.status_code}: {response.text[:300]}")
         return Health.READY
+
+    async def probe_sampled(self) -> Health:
+        """One sampled generation (SAMPLED_PROBE) after a cold load."""
+        body = {"model": self.model.engine_name, **SAMPLED_PROBE}
+        try:
+            response = await self.client.post(
+                self.openai_base + "/completions", json=body, headers=self.auth_headers(), timeout=None
+            )
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+            return Health.NOT_YET
+        if response.status_code in _LOADING_STATUSES:
+            return Health.NOT_YET
+        if response.status_code != 200:
+            raise EngineError(f"sampled probe answered {response.status_code}: {response.text[:300]}")
+        return Health.READY
+
+    async def asleep(self) -> bool | None:
+        """Whether a running engine is asleep, where the engine can say (router start-up); None: it cannot."""
+        return None
 
     async def fingerprint(self) -> str:
         """The greedy completion of a fixed short prompt: what the loaded weights say, to compare after a wake.

@@ -142,8 +142,40 @@ class TabbyAPIAdapter(EngineAdapter):
         if response.status_code >= 400:
             raise EngineError(f"TabbyAPI unload answered {response.status_code}: {response.text[:300]}")
 
+    async def _loaded_model(self) -> str | None:
+        """The model TabbyAPI has loaded, None when none is: `GET /v1/model` -> ModelCard `id` = the model folder's
+        name (e632af4 backends/exllamav3/model.py:581-604, 79126f9 backends/exllamav2/model.py:440-473), 503 without
+        a model (common/model.py check_model_container)."""
+        response = await self.client.get(self.base_url + "/v1/model", headers=self.auth_headers(), timeout=5.0)
+        if response.status_code == 503:
+            return None
+        if response.status_code != 200:
+            raise EngineError(f"TabbyAPI /v1/model answered {response.status_code}: {response.text[:300]}")
+        try:
+            name = response.json().get("id")
+        except (ValueError, AttributeError):
+            name = None
+        return str(name) if name else self.tabby_model_name
+
+    async def asleep(self) -> bool | None:
+        """Asleep = the server is up without a model (a sleep unloaded it; the start model loads before the socket
+        opens, main.py:53-63 then 97). None where the server does not answer yet."""
+        try:
+            if await super().health() is Health.NOT_YET:
+                return None
+        except EngineError:
+            return None
+        return await self._loaded_model() is None
+
     async def wake(self) -> None:
-        """`POST /v1/model/load` (admin): fails at the first error event; needs the model's `finished` event."""
+        """`POST /v1/model/load` (admin): fails at the first error event; needs the model's `finished` event.
+
+        Nothing to do when the model is already loaded (systemd restarted the unit, which loads it at start): the
+        exl2-checkpoint branch then ends the load stream without any event (79126f9 common/model.py:150-156), which
+        would read as a failed load (engine-audit-2 #9).
+        """
+        if await self._loaded_model() == self.tabby_model_name:
+            return
         body = {"model_name": self.tabby_model_name}
         async with self.client.stream(
             "POST",

@@ -118,6 +118,7 @@ class Proxy:
         adapter = self.switcher.runtimes[exchange.model.id].adapter
         headers = {"Content-Type": "application/json", **adapter.auth_headers()}
         url = exchange.endpoint.url(adapter.openai_base, adapter.base_url)
+        exchange.sent = time.monotonic()
         return await self.upstream.post(exchange.model.id, url, exchange.content, headers)
 
     def _upstream_failed(self, exchange: Exchange, exc: Exception) -> str:

@@ -38,6 +38,10 @@ class Exchange:
     client_wants_usage: bool
     text_footer_allowed: bool
     started: float = field(default_factory=time.monotonic)
+    # When the request went to the engine: generation time for the speed report is counted from here, not from
+    # `started`, which includes any wait for a load (vLLM's usage has no `timings`: a stream after a 57 s cold load
+    # showed 0.1 tok/s; real-engines-cpu.md).
+    sent: float | None = None
     completion_tokens: int | None = None
     engine_tokens_per_second: float | None = None
     finished: bool = False

@@ -29,9 +29,10 @@ def take_usage(exchange: Exchange, data: dict[str, Any]) -> None:
 
 
 def speed_report(exchange: Exchange) -> str:
-    return sse.speed_report(
-        exchange.completion_tokens or 0, time.monotonic() - exchange.started, exchange.engine_tokens_per_second
-    )
+    """Tokens and seconds since the request reached the engine (prefill included; a load wait not)."""
+    since = exchange.sent if exchange.sent is not None else exchange.started
+    seconds = time.monotonic() - since
+    return sse.speed_report(exchange.completion_tokens or 0, seconds, exchange.engine_tokens_per_second)
 
 
 def stream_footer(settings: RouterSettings, exchange: Exchange, shape: Shape) -> bytes:

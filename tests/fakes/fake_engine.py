@@ -3,8 +3,11 @@
 It answers what each engine answers, as far as the router relies on it (sources read at the
 versions the role pins; see /work/shared/research/engine-audit.md):
 
-- vllm (0.33.0): the socket opens only after the model has loaded; `/health` 200; sleep mode
-  `POST /sleep?level=1`, `POST /wake_up`, `GET /is_sleeping` (registered with VLLM_SERVER_DEV_MODE=1).
+- vllm (0.32.0, the role's CUDA 13 pin; tests/engine_code runs the real one): the socket opens only after the model
+  has loaded; `/health` 200; sleep mode (registered with VLLM_SERVER_DEV_MODE=1; 0.32.0
+  entrypoints/serve/dev/sleep/api_router.py:26-61): `POST /sleep?level=N` with N an int 0..2 (default 1, else
+  FastAPI's 422) -> `{"status": "sleeping", "level": N}`, `POST /wake_up` -> `{"status": "awake", "tags": null}`,
+  `GET /is_sleeping` -> `{"is_sleeping": bool}`.
   Auth as vLLM's AuthenticationMiddleware (0.32.0 vllm/entrypoints/serve/middleware/authenticate.py:11-61,
   added by serve/middleware/register.py:32-36 with `--api-key` taking precedence over env VLLM_API_KEY; 0.19.1
   entrypoints/openai/server_utils.py:47-82, api_server.py:265-269): only paths under /v1, /v2, /inference and
@@ -40,6 +43,12 @@ versions the role pins; see /work/shared/research/engine-audit.md):
   and `x-admin-key`.
 
 `/fake/*` (test introspection, no engine has it) needs no key.
+
+Sampling (sglang only, `--sampling-jit-broken`): as SGLang whose FlashInfer JIT cannot find `ninja` (the venv's bin/
+not on PATH, engine-audit-2 #2): a greedy request (temperature 0) takes argmax and answers (0.5.23
+layers/sampler.py:105); any other goes through FlashInfer's sampling kernels (sampler.py:47-52, 435), whose first use
+builds them (flashinfer 0.7.2 jit/cpp_ext.py:419 `subprocess.run(["ninja", ...])`), so the scheduler dies with
+FileNotFoundError and the server exits (SIGQUIT from the child; public reports in engine-audit-2 #2).
 
 Replies are `tok0 tok1 ...` with OpenAI usage. Test options: `--wake-garbage` makes answers change after a wake
 (like SGLang resuming without `--enable-weights-cpu-backup`, engine-audit #5); `--wake-glitch` changes only the
@@ -135,6 +144,7 @@ def make_app(args: argparse.Namespace) -> Starlette:
         "requests": 0,
         "auth_seen": [],
         "sleeps": 0,
+        "sleep_levels": [],
         "wakes": 0,
         "released": [],
         "memory_bodies": [],
@@ -209,6 +219,10 @@ def make_app(args: argparse.Namespace) -> Starlette:
         state["requests"] += 1
         body = await request.json()
         state["last_body"] = body
+        if args.sampling_jit_broken and body.get("temperature", 1.0) != 0:
+            print("FileNotFoundError: [Errno 2] No such file or directory: 'ninja'", flush=True)
+            print("Received sigquit from a child process. It usually means the child failed.", flush=True)
+            os._exit(1)
         chat = request.url.path.endswith("chat/completions")
         n = int(body.get("max_tokens") or 8)
         name = args.model_name or args.served_name
@@ -251,9 +265,17 @@ def make_app(args: argparse.Namespace) -> Starlette:
         denied = client_denied(request)
         if denied:
             return denied
+        try:
+            level = int(request.query_params.get("level", "1"))
+        except ValueError:
+            level = -1
+        if not 0 <= level <= 2:
+            detail = [{"type": "less_than_equal", "loc": ["query", "level"], "msg": "Input should be <= 2"}]
+            return JSONResponse({"detail": detail}, 422)
         state["sleeping"] = True
         state["sleeps"] += 1
-        return JSONResponse({})
+        state["sleep_levels"].append(level)
+        return JSONResponse({"status": "sleeping", "level": level})
 
     async def vllm_wake(request: Request) -> Response:
         denied = client_denied(request)
@@ -261,7 +283,7 @@ def make_app(args: argparse.Namespace) -> Starlette:
             return denied
         state["sleeping"] = False
         woke()
-        return JSONResponse({})
+        return JSONResponse({"status": "awake", "tags": None})
 
     async def is_sleeping(_request: Request) -> Response:
         return JSONResponse({"is_sleeping": state["sleeping"]})
@@ -401,6 +423,7 @@ def main() -> None:
     parser.add_argument("--wake-glitch", action="store_true", help="one answer after a wake differs")
     parser.add_argument("--nondeterministic", action="store_true", help="every answer is random")
     parser.add_argument("--fail-load", default=None, metavar="MESSAGE", help="tabbyapi: API loads fail with MESSAGE")
+    parser.add_argument("--sampling-jit-broken", action="store_true", help="sglang: a sampled request kills it")
     args = parser.parse_args()
     if args.kind == "vllm" or (args.kind == "tabbyapi" and args.model_name):
         time.sleep(args.load_seconds)  # vLLM, and TabbyAPI with a start model, open the socket once loaded

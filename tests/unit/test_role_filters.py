@@ -335,7 +335,7 @@ def test_tabbyapi_config_restores_the_configured_load_on_wake() -> None:
     }
 
 
-def model_unit(accelerator: str = "cuda") -> list[str]:
+def model_unit(accelerator: str = "cuda", systemd: int = 252) -> list[str]:
     """The rendered llm-model@.service, one line per entry."""
     paths = {"tabbyapi_dir": PATHS["tabbyapi_dir"], "tabbyapi_exl2_dir": PATHS["tabbyapi_exl2_dir"]}
     return render(
@@ -347,7 +347,27 @@ def model_unit(accelerator: str = "cuda") -> list[str]:
         llm_router_accelerator=accelerator,
         llm_router_nvidia_modprobe="/usr/bin/nvidia-modprobe",
         _llm_router_paths=paths,
+        ansible_facts={"systemd": {"version": systemd}},
     ).splitlines()
+
+
+def test_engine_keys_logged_by_the_engines_stay_out_of_the_journal_on_systemd_253() -> None:
+    """LogFilterPatterns= (systemd >= 253, extended regular expressions on MESSAGE; "~" drops what matches) against
+    the lines the engines print: sglang 0.5.23 entrypoints/engine.py:311 logs server_args as a dict, 0.5.10.post1
+    :648 as the dataclass repr; tabbyAPI@e632af4 common/auth.py:163-166 (79126f9 :81-82) prints both keys."""
+    assert not [line for line in model_unit(systemd=252) if line.startswith("LogFilterPatterns")]
+    patterns = [line.split("=~", 1)[1] for line in model_unit(systemd=255) if line.startswith("LogFilterPatterns=~")]
+    logged = [
+        "[2026-12-04 10:00:00] server_args={'model_path': '/srv/m', 'api_key': 'sk-secret', 'port': 8101}",
+        "server_args=ServerArgs(model_path='/srv/m', api_key='sk-secret', port=8101)",
+        "INFO:     Your API key is: 3f1c0e",
+        "Your admin key is: 9ab2d1",
+    ]
+    kept = ["server_args={'model_path': '/srv/m', 'api_key': None}", "INFO:     Loading model modules: 12/64"]
+    for line in logged:
+        assert any(re.search(p, line) for p in patterns), line
+    for line in kept:
+        assert not any(re.search(p, line) for p in patterns), line
 
 
 def test_model_unit_sets_no_device_policy() -> None:
@@ -983,17 +1003,8 @@ def test_engine_keys_reach_each_engine_from_its_credential_and_not_through_argv(
     )
     assert missing.returncode != 0 and "LoadCredential=engine.key" in missing.stderr
 
-    unit = render(
-        "llm-model@.service.j2",
-        llm_router_engine_user="llm-engine",
-        llm_router_user="llm-router",
-        llm_router_config_dir="/etc/llm-router",
-        llm_router_state_dir="/var/lib/llm-router",
-        llm_router_base_dir="/opt/llm-router",
-        _llm_router_paths={"tabbyapi_dir": PATHS["tabbyapi_dir"], "tabbyapi_exl2_dir": PATHS["tabbyapi_exl2_dir"]},
-    )
-    assert "LoadCredential=engine.key:/etc/llm-router/engine-keys/%i.key" in unit.splitlines()
-    assert "PrivateTmp=yes" in unit.splitlines()  # the SGLang YAML stays in the unit's own /tmp
+    assert "LoadCredential=engine.key:/etc/llm-router/engine-keys/%i.key" in model_unit()
+    assert "PrivateTmp=yes" in model_unit()  # the SGLang YAML stays in the unit's own /tmp
 
 
 def test_engine_key_paths_keep_revisions_stable_and_the_middleware_module_loads(monkeypatch) -> None:

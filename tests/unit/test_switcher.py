@@ -64,6 +64,9 @@ class ReadyAdapter(EngineAdapter):
     async def probe_generation(self) -> Health:
         return Health.READY
 
+    async def probe_sampled(self) -> Health:
+        return Health.READY
+
 
 def build(journal: list[str], drain_timeout_s: float = 30, failing: str = "", fairness_s: float = 10) -> Switcher:
     settings = RouterSettings(drain_timeout_s=drain_timeout_s, fairness_s=fairness_s)
@@ -245,3 +248,147 @@ async def test_a_reload_while_a_load_finishes_still_retires_the_old_engine() -> 
     assert journal == ["start b", "stop b"] and not switcher.runtimes
     with pytest.raises(SwitchError, match="removed from the configuration"):
         await first.wait()
+
+
+class SleepyAdapter(ReadyAdapter):
+    """An engine that may sleep; `says` is what it answers to "are you asleep?" (None: it cannot tell, as SGLang)."""
+
+    supports_sleep = True
+
+    def __init__(self, model: ModelConfig, supervisor: MemorySupervisor, says: bool | None) -> None:
+        super().__init__(model, supervisor)
+        self.says = says
+        self.calls: list[str] = []
+
+    async def health(self) -> Health:
+        self.calls.append("health")
+        return await super().health()
+
+    async def asleep(self) -> bool | None:
+        self.calls.append("asleep")
+        return self.says
+
+    async def sleep(self) -> None:
+        self.calls.append("sleep")
+
+    async def wake(self) -> None:
+        self.calls.append("wake")
+
+
+class RunningSupervisor(MemorySupervisor):
+    """An engine already running when the router starts (a systemd unit that survived a router restart)."""
+
+    def __init__(self, name: str, journal: list[str], pid: int) -> None:
+        super().__init__(name, journal)
+        self.running = True
+        self.pid = pid
+        self.exited = None
+
+    async def wait_exit(self) -> str:
+        if self.exited is None:
+            self.exited = asyncio.get_running_loop().create_future()
+        return await super().wait_exit()
+
+    async def pids(self) -> list[int]:
+        return [self.pid] if self.running else []
+
+
+def adopting(
+    says: bool | None, slept_pid: int | None, running_pid: int = 4242, **settings_: float
+) -> tuple[Switcher, SleepyAdapter]:
+    from router_app.history import History
+
+    settings = RouterSettings(**settings_)
+    model = ModelConfig(id="s", backend="sglang", port=1, command=["x"], evict="sleep")
+    supervisor = RunningSupervisor("s", [], running_pid)
+    adapter = SleepyAdapter(model, supervisor, says)
+    history = History(None)
+    history.get("s").asleep_pid = slept_pid
+    return Switcher({"s": ModelRuntime(model, adapter, supervisor, settings)}, settings, history=history), adapter
+
+
+@pytest.mark.parametrize(
+    ("says", "slept_pid", "asleep"),
+    [
+        (True, None, True),  # vLLM /is_sleeping, TabbyAPI without a model
+        (False, 4242, False),  # the engine's own answer wins over the record
+        (None, 4242, True),  # SGLang: the process the router put to sleep still runs
+        (None, 1234, False),  # another process: systemd restarted it, awake
+        (None, None, False),
+    ],
+)
+async def test_router_start_adopts_sleeping_engines_as_asleep(says, slept_pid, asleep) -> None:
+    """A sleeping SGLang must not get /health (it generates on released memory), nor be taken as awake; a sleeping
+    vLLM answers /health 200 (engine-audit-2 #6)."""
+    switcher, adapter = adopting(says, slept_pid)
+    await switcher.start()
+    assert switcher.runtimes["s"].state == ("sleeping" if asleep else "ready")
+    assert switcher.scheduler.phase("s") == ("sleeping" if asleep else "ready")
+    assert ("health" in adapter.calls) is not asleep
+    await switcher.load("s")
+    assert adapter.calls.count("wake") == (1 if asleep else 0)
+    assert switcher.runtimes["s"].state == "ready" and switcher.history.get("s").asleep_pid is None
+    await switcher.shutdown(stop_engines=False)
+
+
+async def test_the_engine_put_to_sleep_is_recorded_before_it_sleeps() -> None:
+    switcher, adapter = adopting(False, None)
+    await switcher.start()
+    seen: list[int | None] = []
+
+    async def sleep() -> None:
+        seen.append(switcher.history.get("s").asleep_pid)
+        adapter.calls.append("sleep")
+
+    adapter.sleep = sleep  # type: ignore[method-assign]
+    assert await switcher.unload("s")
+    assert seen == [4242] and switcher.history.get("s").asleep_pid == 4242
+    await switcher.load("s")
+    assert switcher.history.get("s").asleep_pid is None
+    await switcher.shutdown(stop_engines=False)
+
+
+async def test_a_first_load_gets_first_load_timeout_later_ones_load_timeout() -> None:
+    """A first start compiles (FlashInfer/Triton JIT, torch.compile, CUDA graphs) and downloads; its caches make the
+    later ones fast (engine-audit-2 #11). History keeps the revision a model last loaded with."""
+    from router_app.history import History
+
+    settings = RouterSettings(load_timeout_s=0.2, first_load_timeout_s=30)
+    model = ModelConfig(id="a", backend="llamacpp", port=1, command=["x"], revision="r1")
+    supervisor = MemorySupervisor("a", [])
+    loop = asyncio.get_running_loop()
+    ready_at: list[float] = []
+
+    class CompilingAdapter(ReadyAdapter):
+        async def health(self) -> Health:
+            return Health.READY if ready_at and loop.time() >= ready_at[0] else Health.NOT_YET
+
+    async def start(argv=None, env=None) -> None:
+        await MemorySupervisor.start(supervisor, argv, env)
+        ready_at[:] = [loop.time() + 0.5]
+
+    supervisor.start = start  # type: ignore[method-assign]
+    history = History(None)
+    runtime = ModelRuntime(model, CompilingAdapter(model, supervisor), supervisor, settings)
+    switcher = Switcher({"a": runtime}, settings, history=history)
+    await switcher.load("a")  # 0.5 s > load_timeout_s: only the first-load timeout lets it through
+    assert history.loaded_before("a", "r1") and not history.loaded_before("a", "r2")
+    await switcher.unload("a")
+    with pytest.raises(SwitchError, match=r"did not become ready within 0 s \(load_timeout_s\)"):
+        await switcher.load("a")
+    await switcher.shutdown(stop_engines=True)
+
+
+async def test_a_wake_never_gets_the_first_load_timeout() -> None:
+    """Only a cold start compiles: a wake that hangs fails after load_timeout_s, also for an engine adopted asleep
+    with no load in the history."""
+    switcher, adapter = adopting(True, None, load_timeout_s=0.2, first_load_timeout_s=60)
+    await switcher.start()
+
+    async def hanging_wake() -> None:
+        await asyncio.sleep(5)
+
+    adapter.wake = hanging_wake  # type: ignore[method-assign]
+    with pytest.raises(SwitchError, match=r"within 0 s \(load_timeout_s\)"):
+        await switcher.load("s")
+    await switcher.shutdown(stop_engines=False)

@@ -108,6 +108,47 @@ def _tabby(handler, tmp_path) -> TabbyAPIAdapter:
     return TabbyAPIAdapter(model, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
 
 
+# GET /v1/model without a model: check_model_container's 503 (tabbyAPI@e632af4 common/model.py:298-307).
+NO_MODEL = httpx.Response(503, json={"detail": "No models are currently loaded."})
+
+
+def test_wake_of_a_model_already_loaded_loads_nothing(tmp_path) -> None:
+    """A unit systemd restarted loads its model at start; exl2-checkpoint's load of an already loaded model then ends
+    its stream without any event (79126f9 common/model.py:150-156), which would read as a failed load
+    (engine-audit-2 #9). The loaded model is ModelCard `id` = its folder's name."""
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path == "/v1/model":
+            return httpx.Response(200, json={"id": loaded, "object": "model"})
+        return httpx.Response(200, text="", headers={"content-type": "text/event-stream"})  # exl2-checkpoint
+
+    loaded = "t"
+    asyncio.run(_tabby(handler, tmp_path).wake())
+    assert seen == ["/v1/model"]
+    loaded, seen = "another-model", []
+    with pytest.raises(EngineError, match="ended without a 'finished' event"):
+        asyncio.run(_tabby(handler, tmp_path).wake())
+    assert seen == ["/v1/model", "/v1/model/load"]
+
+
+def test_asleep_is_a_running_server_without_a_model(tmp_path) -> None:
+    """The start model loads before TabbyAPI opens its socket (main.py:53-63, then 97): up without a model = asleep."""
+    answers: dict[str, httpx.Response] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return answers[request.url.path]
+
+    tabby = _tabby(handler, tmp_path)
+    answers.update({"/health": httpx.Response(200, json={"status": "healthy"}), "/v1/model": NO_MODEL})
+    assert asyncio.run(tabby.asleep()) is True
+    answers["/v1/model"] = httpx.Response(200, json={"id": "t"})
+    assert asyncio.run(tabby.asleep()) is False
+    answers["/health"] = httpx.Response(503, json={"status": "unhealthy"})
+    assert asyncio.run(tabby.asleep()) is None
+
+
 def test_wake_over_http_fails_on_the_error_event_of_a_200_stream(tmp_path) -> None:
     body = (
         'data: {"model_type":"model","module":1,"modules":3,"status":"processing"}\r\n\r\n'
@@ -115,6 +156,8 @@ def test_wake_over_http_fails_on_the_error_event_of_a_200_stream(tmp_path) -> No
     )
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/model":
+            return NO_MODEL
         assert request.url.path == "/v1/model/load" and request.headers["x-admin-key"] == "a"
         assert json.loads(request.content) == {"model_name": "t"}
         return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
@@ -127,8 +170,8 @@ def test_wake_400_is_an_engine_error(tmp_path) -> None:
     # endpoints/core/router.py:195-201: an unknown model directory is a plain HTTP 400.
     detail = "Could not find the model path for load. Check model name or config.yml?"
 
-    def handler(_request: httpx.Request) -> httpx.Response:
-        return httpx.Response(400, json={"detail": detail})
+    def handler(request: httpx.Request) -> httpx.Response:
+        return NO_MODEL if request.url.path == "/v1/model" else httpx.Response(400, json={"detail": detail})
 
     with pytest.raises(EngineError, match=r"answered 400: .*Could not find the model path"):
         asyncio.run(_tabby(handler, tmp_path).wake())

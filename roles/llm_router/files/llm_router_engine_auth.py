@@ -5,9 +5,12 @@ vLLM's own `--api-key` / `VLLM_API_KEY` guards only paths under /v1, /v2, /infer
 vllm/entrypoints/openai/server_utils.py:80, `/v1` only), so /sleep, /wake_up, /is_sleeping
 (VLLM_SERVER_DEV_MODE=1), /collective_rpc, /invocations, /tokenize and the rest stay open to every local user.
 vLLM adds each `--middleware` class with `app.add_middleware(cls)` (0.32.0 serve/middleware/register.py:65-69,
-0.19.1 entrypoints/openai/api_server.py after the auth middleware), so this one is the outermost and sees every
-request first. It reads the same key as vLLM (`VLLM_API_KEY`, which the role's start script exports from the
-unit's credential) and answers like vLLM's own middleware: 401 `{"error": "Unauthorized"}`.
+0.19.1 entrypoints/openai/api_server.py after the auth middleware), so it sits outside vLLM's own auth and sees
+every request before any route. It is not guaranteed to be the outermost layer: in 0.32.0 `build_app` calls
+`sagemaker_standards_bootstrap(app)` afterwards (launchers/app.py:54-55), which may add middleware of its own
+outside this one; that bypasses nothing, since every request still passes through here. It reads the same key
+as vLLM (`VLLM_API_KEY`, which the role's start script exports from the unit's credential) and answers like
+vLLM's own middleware: 401 `{"error": "Unauthorized"}`.
 
 Standard library only: it is imported inside vLLM's venv from PYTHONPATH, next to nothing of the router.
 """
