@@ -1,16 +1,12 @@
 """The role's filters and templates, loaded and rendered outside Ansible (for unit tests and engine-code checks).
 
 Filter plugins are loaded by file path, as Ansible loads them (each file is a plugin of its own); templates are
-rendered with jinja2 and stand-ins for the Ansible filters they use (`trim_blocks` off, as Ansible's template module
-leaves it for these templates).
+rendered with jinja2, Ansible's own filter and test plugins, and `trim_blocks` on (the template module's default).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import re
-import shlex
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -59,14 +55,13 @@ def normalize(models: list[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any
 
 
 def render(template: str, **variables: Any) -> str:
-    """Render a role template with stand-ins for the Ansible filters it uses."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLE / "templates"), keep_trailing_newline=True)
-    env.filters.update(
-        comment=lambda text, decoration="# ": decoration + text,
-        to_json=json.dumps,
-        quote=shlex.quote,
-        basename=lambda p: Path(p).name,
-        dirname=lambda p: str(Path(p).parent),
+    """Render a role template as Ansible's template module does: its own filters and tests, trim_blocks on."""
+    from ansible.plugins.filter.core import FilterModule
+    from ansible.plugins.test.core import TestModule
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(ROLE / "templates"), trim_blocks=True, keep_trailing_newline=True
     )
-    env.tests["match"] = lambda value, pattern: re.match(pattern, str(value)) is not None
+    env.filters.update(FilterModule().filters())
+    env.tests.update(TestModule().tests())
     return env.get_template(template).render(ansible_managed="managed", **variables)

@@ -755,6 +755,20 @@ def errors(models, acc="cuda", count=2, known=True):
         ),
         ({"backend": "vllm", "model": "/srv/m"}, "llm_router_models[0]: 'id' is required"),
         ({"id": "m", "backend": "ollama"}, "model 'm': backend 'ollama'; set 'backend' to one of"),
+        # TabbyAPI's cache keys (tabbyAPI@e632af4 common/config_models.py:194-211; 79126f9 exllamav2/model.py:186-193).
+        ({"id": "m", "backend": "tabbyapi", "model": "/srv/m", "cache_mode": "Q5"}, "cache_mode 'Q5'; TabbyAPI takes"),
+        (
+            {"id": "m", "backend": "tabbyapi", "model": "/srv/m", "format": "exl2", "cache_mode": "8,6"},
+            "cache_mode '8,6' is EXL3-only; exllamav2 would use FP16",
+        ),
+        (
+            {"id": "m", "backend": "tabbyapi", "model": "/srv/m", "cache_size": 1000},
+            "cache_size 1000 must be a positive multiple of 256",
+        ),
+        (
+            {"id": "m", "backend": "tabbyapi", "model": "/srv/m", "cache_size": 8192, "context_length": 16384},
+            "context_length 16384 exceeds cache_size 8192; TabbyAPI would cut it to 8192",
+        ),
     ],
 )
 def test_model_errors_name_the_model_the_key_and_the_fix(model, message) -> None:

@@ -146,6 +146,8 @@ def model_errors(models: Any, accelerator: str = "cuda", gpu_count: int = 0, gpu
             )
         if model.get("checksum") and not str(model.get("source") or "").startswith(("http://", "https://", "ftp://")):
             errors.append(f"{name}: 'checksum' verifies a download: it needs a URL in 'source'. Fix: remove it.")
+        if backend == "tabbyapi":
+            errors += _tabby_cache_errors(name, model, fmt)
         if backend != "openai":
             errors += _weights_errors(name, model)
             if accelerator == "cpu":
@@ -157,6 +159,27 @@ def model_errors(models: Any, accelerator: str = "cuda", gpu_count: int = 0, gpu
                         )
             else:
                 errors += _gpu_errors(name, model, gpu_count, gpus_known)
+    return errors
+
+
+# TabbyAPI's cache settings (tabbyAPI@e632af4 common/config_models.py:194-211; the same at 79126f9): cache_mode is
+# FP16/Q8/Q6/Q4 or "k,v" bits 2-8, cache_size a multiple of 256; anything else stops TabbyAPI at start-up.
+TABBY_CACHE_MODE = re.compile(r"^(FP16|Q8|Q6|Q4|[2-8]\s*,\s*[2-8])$")
+
+
+def _tabby_cache_errors(name: str, model: dict[str, Any], fmt: str) -> list[str]:
+    errors: list[str] = []
+    mode, size, ctx = model.get("cache_mode"), model.get("cache_size"), model.get("context_length")
+    if mode is not None and not TABBY_CACHE_MODE.fullmatch(str(mode)):
+        errors.append(f'{name}: cache_mode {mode!r}; TabbyAPI takes FP16, Q8, Q6, Q4 or "k,v" bits 2-8 ("8,6").')
+    elif mode is not None and "," in str(mode) and fmt == "exl2":
+        # exllamav2 warns and uses FP16 for a k,v pair (tabbyAPI@79126f9 backends/exllamav2/model.py:186-193).
+        errors.append(f"{name}: cache_mode {mode!r} is EXL3-only; exllamav2 would use FP16. Fix: Q8, Q6 or Q4.")
+    if size is not None and (not _is_number(size) or int(size) != size or int(size) % 256 or int(size) <= 0):
+        errors.append(f"{name}: cache_size {size!r} must be a positive multiple of 256 tokens (TabbyAPI refuses it).")
+    elif size is not None and _is_number(ctx) and ctx > size:
+        # The backend lowers max_seq_len to cache_size (tabbyAPI@e632af4 backends/exllamav3/model.py:347-352).
+        errors.append(f"{name}: context_length {ctx} exceeds cache_size {size}; TabbyAPI would cut it to {size}.")
     return errors
 
 
