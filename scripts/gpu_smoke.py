@@ -2,10 +2,14 @@
 """GPU smoke test for a real NVIDIA host (H100/H200, RTX PRO 6000, ...): `make gpu-smoke`.
 
 Converges roles/llm_router on this machine with one small public model per engine, then drives requests
-through the router on 127.0.0.1:<port>: a cold load and a chat per engine, and one sleep/wake cycle per
-engine that sleeps (SGLang, vLLM), checking the answer after the wake. Prints one line per engine:
+through the router on 127.0.0.1:<port>. Per engine: a cold load, a greedy chat (tok/s) and one sampled chat
+(temperature 0.7, top_p 0.9, top_k 40: SGLang JIT-compiles FlashInfer's sampling kernels at the first sampled
+request, engine-audit-2 #2). Per engine that sleeps (SGLang, vLLM, TabbyAPI, all `evict: sleep` here): a second
+cold load with warm caches (the reference), then sleep and wake, judged by `verdict`: the wake must keep the
+engine's process, must not be a wake-integrity restart, must be at most WAKE_MAX_RATIO of the cold load, and the
+answer after it must be right. Prints one line per engine, e.g.
 
-    PASS  vllm           load   38.2s  wake   1.9s   412.7 tok/s  Qwen/Qwen2.5-0.5B-Instruct-AWQ
+    PASS  vllm           first  52.0s  load  38.2s  wake   1.9s (0.05)   412.7 tok/s  Qwen/Qwen2.5-0.5B-Instruct-AWQ
 
 Needs root (or passwordless sudo) for the converge, the NVIDIA driver, a CUDA toolkit at
 llm_router_cuda_home when llama.cpp is built, and internet access (PyPI, GitHub, Hugging Face).
@@ -31,6 +35,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 HF = "https://huggingface.co"
+# A wake may take at most this share of a cold load (with warm caches) of the same model. A wake keeps the process,
+# its CUDA context, compiled kernels and CUDA graphs and only brings the weights (and KV pool) back; a cold restart
+# in disguise (the router's wake-integrity fallback, a unit restarted by systemd) repeats the whole load and comes
+# out near 1.0. 0.5 leaves the cold load's own variance room on both sides.
+WAKE_MAX_RATIO = 0.5
+# The sampled request: the readiness probe's parameters (router_app/engines/base.py SAMPLED_PROBE).
+SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 40}
 
 
 @dataclass
@@ -105,6 +116,7 @@ def smoke_models(models_dir: Path) -> list[Smoke]:
                 "backend": "tabbyapi",
                 "model": str(models_dir / f"{exl3.split('/')[-1]}-{exl3_rev}"),
                 "format": "exl3",
+                "evict": "sleep",  # unload through the admin API, the process stays (router_app/engines/tabbyapi.py)
                 **common,
             },
             exl3,
@@ -117,6 +129,7 @@ def smoke_models(models_dir: Path) -> list[Smoke]:
                 "backend": "tabbyapi",
                 "model": str(models_dir / f"{exl2.split('/')[-1]}-{exl2_rev}"),
                 "format": "exl2",
+                "evict": "sleep",
                 **common,
             },
             exl2,
@@ -191,20 +204,22 @@ def wait_router(base: str, timeout: float = 120) -> None:
     raise SystemExit(f"router at {base} did not answer /health within {timeout:.0f}s")
 
 
-def chat(base: str, key: str, model: str, prompt: str, max_tokens: int) -> tuple[str, float]:
-    """(answer, completion tokens per second over the whole request)."""
+def chat(
+    base: str, key: str, model: str, prompt: str, max_tokens: int, sampling: dict[str, float] | None = None
+) -> tuple[str, float]:
+    """(answer, completion tokens per second over the whole request); greedy unless `sampling` is given."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
-        "temperature": 0,
+        **(sampling or {"temperature": 0}),
     }
     started = time.monotonic()
     status, reply = http("POST", f"{base}/v1/chat/completions", body, key, timeout=1800)
     elapsed = time.monotonic() - started
-    if status != 200 or not isinstance(reply, dict):
+    if status != 200 or not isinstance(reply, dict) or not reply.get("choices"):
         raise RuntimeError(f"chat HTTP {status}: {str(reply)[:300]}")
-    text = reply["choices"][0]["message"].get("content") or ""
+    text = reply["choices"][0].get("message", {}).get("content") or ""
     tokens = (reply.get("usage") or {}).get("completion_tokens") or len(text.split())
     return text, tokens / elapsed if elapsed > 0 else 0.0
 
@@ -217,21 +232,117 @@ def admin(base: str, key: str, action: str, model: str) -> float:
     return time.monotonic() - started
 
 
-def drive(base: str, client_key: str, admin_key: str, smoke: Smoke) -> str:
-    """Cold load, chat, and for sleeping engines unload (sleep) + load (wake) + a checked answer."""
+def model_health(base: str, model: str) -> dict[str, Any]:
+    """The router's `/health/<model>` (router_app/routes/status.py; runtime.py `info()`)."""
+    status, reply = http("GET", f"{base}/health/{urllib.parse.quote(model, safe='')}", timeout=10)
+    if status != 200 or not isinstance(reply, dict):
+        raise RuntimeError(f"/health/{model}: HTTP {status}: {str(reply)[:300]}")
+    return reply
+
+
+def engine_pid(health: dict[str, Any]) -> int | None:
+    """The engine's PID from `/health/<model>` `supervisor`: "pid N" (process supervisor) or "unit U" (systemd:
+    the unit's MainPID; model-start.sh execs the engine, so that is the engine itself)."""
+    supervisor = str(health.get("supervisor", ""))
+    kind, _, value = supervisor.partition(" ")
+    if kind == "pid" and value.isdigit():
+        return int(value)
+    if kind == "unit" and value:
+        result = subprocess.run(
+            ["systemctl", "show", "-p", "MainPID", "--value", value], capture_output=True, text=True, check=False
+        )
+        pid = result.stdout.strip()
+        return int(pid) if pid.isdigit() and int(pid) > 0 else None
+    return None
+
+
+@dataclass
+class Measured:
+    """What one engine did; `verdict` judges it."""
+
+    engine: str
+    first_load_s: float = 0.0  # the first cold load (may compile kernels, fill caches)
+    load_s: float = 0.0  # the reference cold load: a second one, with warm caches, for engines that sleep
+    tok_s: float = 0.0
+    sampled_error: str = ""  # why the sampled chat failed; "" = it answered and the engine stayed ready
+    sleeps: bool = False
+    state_asleep: str = ""  # /health/<model> state after the sleeping /admin/unload
+    wake_s: float | None = None
+    pid_before: int | None = None  # engine PID before the sleep ...
+    pid_after: int | None = None  # ... and after the wake
+    restarts_before: int = 0  # wake_integrity_restarts before the sleep ...
+    restarts_after: int = 0  # ... and after the wake
+    answer_after_wake: str = ""
+
+
+def verdict(m: Measured) -> list[str]:
+    """Why this engine fails the smoke (empty: it passes). Pure: the rules live here and nowhere else."""
+    reasons = []
+    if m.sampled_error:
+        reasons.append(f"sampled request (top_p/top_k) failed: {m.sampled_error}")
+    if not m.sleeps:
+        return reasons
+    if m.state_asleep != "sleeping":
+        reasons.append(f"after the sleep the model was {m.state_asleep or 'unknown'!r}, not 'sleeping'")
+    if m.restarts_after != m.restarts_before:
+        reasons.append(
+            f"the wake restarted the engine cold (wake_integrity_restarts {m.restarts_before} -> {m.restarts_after})"
+        )
+    if m.pid_before is None or m.pid_after is None:
+        reasons.append(f"engine PID unknown across the sleep/wake ({m.pid_before} -> {m.pid_after})")
+    elif m.pid_before != m.pid_after:
+        reasons.append(f"engine PID changed across the sleep/wake ({m.pid_before} -> {m.pid_after}): a restart")
+    if m.wake_s is None or m.load_s <= 0:
+        reasons.append("no wake or no cold load measured")
+    elif m.wake_s > WAKE_MAX_RATIO * m.load_s:
+        reasons.append(
+            f"wake {m.wake_s:.1f}s is more than {WAKE_MAX_RATIO} x the cold load {m.load_s:.1f}s: not a wake"
+        )
+    if "12" not in m.answer_after_wake:
+        reasons.append(f"after the wake the answer to 7+5 was {m.answer_after_wake!r} (weights lost while asleep?)")
+    return reasons
+
+
+def report(m: Measured, reasons: list[str]) -> str:
+    """One line: PASS/FAIL, engine, first and reference load, wake (its share of the load), tok/s, reasons."""
+    wake = "     -        "
+    if m.wake_s is not None:
+        wake = f"{m.wake_s:6.1f}s ({m.wake_s / m.load_s:.2f})" if m.load_s > 0 else f"{m.wake_s:6.1f}s (  - )"
+    line = (
+        f"{'FAIL' if reasons else 'PASS'}  {m.engine:<14} first {m.first_load_s:6.1f}s  load {m.load_s:6.1f}s  "
+        f"wake {wake}  {m.tok_s:7.1f} tok/s"
+    )
+    return line + ("  " + "; ".join(reasons) if reasons else "")
+
+
+def drive(base: str, client_key: str, admin_key: str, smoke: Smoke) -> Measured:
+    """Cold load, greedy and sampled chat; for sleeping engines a second cold load, sleep, wake and a checked answer."""
     model = smoke.entry["id"]
-    load_s = admin(base, admin_key, "load", model)
-    _, tps = chat(base, client_key, model, "Count from 1 to 40, separated by spaces.", 128)
-    wake = "     -"
-    if smoke.entry.get("evict") == "sleep":
+    m = Measured(smoke.engine, sleeps=smoke.entry.get("evict") == "sleep")
+    m.first_load_s = m.load_s = admin(base, admin_key, "load", model)
+    _, m.tok_s = chat(base, client_key, model, "Count from 1 to 40, separated by spaces.", 128)
+    try:
+        chat(base, client_key, model, "Write one sentence about the sea.", 32, SAMPLING)
+        state = model_health(base, model).get("state")
+        if state != "ready":
+            m.sampled_error = f"the model is {state!r} after it"
+    except RuntimeError as exc:
+        m.sampled_error = str(exc)
+    if m.sleeps:
+        admin(base, admin_key, "unload", model)  # sleep
+        admin(base, admin_key, "unload", model)  # a sleeping model's unload stops it (scheduler.unload)
+        m.load_s = admin(base, admin_key, "load", model)  # cold again, caches warm: the reference
+        health = model_health(base, model)
+        m.pid_before, m.restarts_before = engine_pid(health), int(health.get("wake_integrity_restarts", 0))
         admin(base, admin_key, "unload", model)
-        wake_s = admin(base, admin_key, "load", model)
-        answer, _ = chat(base, client_key, model, "What is 7 plus 5? Reply with the number only.", 8)
-        if "12" not in answer:
-            raise RuntimeError(f"after wake the answer to 7+5 was {answer!r} (weights lost while asleep?)")
-        wake = f"{wake_s:6.1f}s"
+        m.state_asleep = str(model_health(base, model).get("state", ""))
+        m.wake_s = admin(base, admin_key, "load", model)
+        health = model_health(base, model)
+        m.pid_after, m.restarts_after = engine_pid(health), int(health.get("wake_integrity_restarts", 0))
+        m.answer_after_wake, _ = chat(base, client_key, model, "What is 7 plus 5? Reply with the number only.", 8)
+        admin(base, admin_key, "unload", model)
     admin(base, admin_key, "unload", model)
-    return f"load {load_s:6.1f}s  wake {wake}  {tps:7.1f} tok/s"
+    return m
 
 
 def main() -> int:
@@ -286,12 +397,15 @@ def main() -> int:
     failed = 0
     lines = []
     for smoke in smokes:
-        try:
-            result = f"PASS  {smoke.engine:<14} {drive(base, client_key, admin_key, smoke)}"
-        except Exception as exc:  # one line per engine, whatever broke
-            failed += 1
-            result = f"FAIL  {smoke.engine:<14} {exc}"
         label = f"{smoke.repo}@{smoke.revision}" if smoke.repo else smoke.entry["source"].rsplit("/", 1)[-1]
+        try:
+            measured = drive(base, client_key, admin_key, smoke)
+            reasons = verdict(measured)
+            result = report(measured, reasons)
+        except Exception as exc:  # one line per engine, whatever broke
+            reasons = [str(exc)]
+            result = f"FAIL  {smoke.engine:<14} {exc}"
+        failed += bool(reasons)
         lines.append(f"{result}  {label}")
         print(lines[-1], flush=True)
     print("\n".join(["", "gpu-smoke summary:", *lines]))

@@ -108,10 +108,13 @@ def write_model(
     ctx: int = 2048,
     chat_template: bool = True,
     chat_ui: bool = False,
+    head_dim: int | None = None,
 ) -> Path:
     """Write a tiny llama GGUF to `path` and return the path.
 
     chat_ui: fit for a chat UI such as Open-WebUI (the demo): a denser vocab, and a template that renders tools.
+    head_dim: per-head width, set explicitly (attention.key_length/value_length) instead of dim // heads, so a
+    model with few weights can have a wide KV cache (scripts/gpu_check.py: tens of GB of VRAM from a small file).
     """
     import gguf
     import numpy as np
@@ -130,7 +133,11 @@ def write_model(
     writer.add_feed_forward_length(ff)
     writer.add_head_count(heads)
     writer.add_head_count_kv(heads)
-    writer.add_rope_dimension_count(dim // heads)
+    width = head_dim or dim // heads
+    if head_dim is not None:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(width)  # llama: n_rot must be the head width (b11312 src/llama-model.cpp:1450-1452)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("llama")
@@ -159,10 +166,10 @@ def write_model(
     for layer in range(layers):
         prefix = f"blk.{layer}."
         writer.add_tensor(prefix + "attn_norm.weight", np.ones(dim, dtype=np.float32))
-        writer.add_tensor(prefix + "attn_q.weight", weights(dim, dim))
-        writer.add_tensor(prefix + "attn_k.weight", weights(dim, dim))
-        writer.add_tensor(prefix + "attn_v.weight", weights(dim, dim))
-        writer.add_tensor(prefix + "attn_output.weight", weights(dim, dim))
+        writer.add_tensor(prefix + "attn_q.weight", weights(heads * width, dim))
+        writer.add_tensor(prefix + "attn_k.weight", weights(heads * width, dim))
+        writer.add_tensor(prefix + "attn_v.weight", weights(heads * width, dim))
+        writer.add_tensor(prefix + "attn_output.weight", weights(dim, heads * width))
         writer.add_tensor(prefix + "ffn_norm.weight", np.ones(dim, dtype=np.float32))
         writer.add_tensor(prefix + "ffn_gate.weight", weights(ff, dim))
         writer.add_tensor(prefix + "ffn_up.weight", weights(ff, dim))

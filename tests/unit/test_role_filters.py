@@ -599,7 +599,8 @@ def test_gpu_smoke_inventory_is_valid() -> None:
     entries = [s.entry for s in smoke.smoke_models(Path("/srv/llm-models/smoke"))]
     models = normalize(entries)
     assert [m["backend"] for m in models] == ["llamacpp", "sglang", "vllm", "tabbyapi", "tabbyapi"]
-    assert {m["id"] for m in models if m["evict"] == "sleep"} == {"smoke-sglang", "smoke-vllm"}
+    sleeping = {m["id"] for m in models if m["evict"] == "sleep"}
+    assert sleeping == {"smoke-sglang", "smoke-vllm", "smoke-tabbyapi", "smoke-tabbyapi-exl2"}
     assert models[4]["workdir"] == PATHS["tabbyapi_exl2_dir"]
     assert models[0]["source"].endswith(".gguf") and models[0]["model"].endswith(".gguf")
 
