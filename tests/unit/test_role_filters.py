@@ -265,6 +265,16 @@ def test_gpu_engines_get_cuda_home_and_path() -> None:
     assert on_cpu["env"] == {}
 
 
+def test_vllm_sends_no_usage_stats() -> None:
+    """vLLM reports usage to stats.vllm.ai unless VLLM_NO_USAGE_STATS/DO_NOT_TRACK is set (0.32.0
+    usage/usage_lib.py:50-68): GPU boxes are often air-gapped, and the user did not ask for it."""
+    (vllm, sglang) = normalize(
+        [{"id": "v", "backend": "vllm", "model": "/m/v"}, {"id": "s", "backend": "sglang", "model": "/m/s"}]
+    )
+    assert vllm["env"]["VLLM_NO_USAGE_STATS"] == "1" and vllm["env"]["DO_NOT_TRACK"] == "1"
+    assert "VLLM_NO_USAGE_STATS" not in sglang["env"]
+
+
 def test_blackwell_engines_keep_ptx_jit_results() -> None:
     """vLLM's FlashAttention-2 has only sm_80 SASS + compute_80 PTX (vllm 0.19.1/0.32.0 _vllm_fa2_C.abi3.so), so on
     sm_120 the driver JIT-compiles it; a 4 GiB cache under HOME keeps the result (engine-audit-2 #10)."""

@@ -278,6 +278,10 @@ def normalize_models(
             env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # indices as nvidia-smi/NVML number them
         if model["backend"] == "vllm" and model["evict"] == "sleep":
             env.setdefault("VLLM_SERVER_DEV_MODE", "1")
+        if model["backend"] == "vllm":
+            # vLLM reports usage to stats.vllm.ai unless told not to (0.32.0 usage/usage_lib.py:50-68, envs.py:36).
+            env.setdefault("VLLM_NO_USAGE_STATS", "1")
+            env.setdefault("DO_NOT_TRACK", "1")
         if model["backend"] in KEYED_BACKENDS:
             model["api_key_file"] = engine_key_file(paths.get("config_dir", "/etc/llm-router"), model["slug"])
         if model["backend"] == "vllm":
