@@ -30,6 +30,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,11 +43,12 @@ import yaml
 from router_app.config import ModelConfig
 from router_app.engines.vllm import VLLMAdapter
 from router_app.runtime import free_port
-from tests.conftest import RouterProcess, pid_alive, sse_events, wait_until
+from tests.conftest import FAKE_ENGINE, RouterProcess, pid_alive, sse_events, wait_until
 from tests.engine_code.engines import LANES, PROBES, install_model_files, lane_venv
 from tests.role_render import PATHS, ROLE, load_filter, models_f
 
 config_f = load_filter("llm_router_config")
+VLLM_AUTH_MIDDLEWARE = models_f.VLLM_AUTH_MIDDLEWARE
 LANE = next(lane for lane in LANES if lane.name == "vllm-0.32.0")
 A, B = "tiny-vllm-a", "tiny-vllm-b"
 LOAD_TIMEOUT_S = 900  # a first start is 35-75 s here, much slower on a loaded machine; a hang still ends
@@ -419,6 +421,65 @@ def test_a_wakes_with_its_fingerprint_and_b_stops_without_leftovers(
         pattern = rf'http_requests_total\{{handler="{handler}",method="POST",status="2xx"\}} ([\d.]+)'
         count = re.search(pattern, metrics)
         assert count and float(count[1]) >= 1, f"{handler} not served: the router did not sleep/wake the engine"
+
+
+# What the router asks of a vLLM engine, and what it needs back: (method, path, credential) per call.
+PROTOCOL = [
+    ("GET", "/health", "key"),
+    ("GET", "/is_sleeping", "key"),
+    ("POST", "/sleep?level=1", "key"),
+    ("GET", "/is_sleeping", "key"),
+    ("POST", "/wake_up", "key"),
+    ("GET", "/is_sleeping", "key"),
+    ("POST", "/sleep?level=7", "key"),
+    ("POST", "/sleep?level=-1", "key"),
+    ("POST", "/sleep?level=deep", "key"),
+    ("POST", "/v1/completions", "none"),
+    ("POST", "/sleep?level=1", "wrong"),
+]
+
+
+def protocol_answers(port: int, key: str) -> list[tuple[str, int, Any]]:
+    """Each PROTOCOL call's status and body (parsed JSON, else the text)."""
+    credentials = {"key": f"Bearer {key}", "none": None, "wrong": "Bearer sk-wrong"}
+    answers = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        for method, path, credential in PROTOCOL:
+            headers = {"Authorization": credentials[credential]} if credentials[credential] else {}
+            response = client.request(method, path, headers=headers, json={} if method == "POST" else None)
+            try:
+                body: Any = response.json()
+            except ValueError:
+                body = response.text
+            answers.append((f"{method} {path} ({credential})", response.status_code, body))
+    return answers
+
+
+def test_the_vllm_fake_answers_as_the_real_engine(router: RouterProcess, deployment: Deployment) -> None:
+    """tests/fakes/fake_engine.py --kind vllm stands in for vLLM where GPU memory matters (integration tests); it must
+    answer the router's calls as vLLM 0.32.0 does, with the role's key middleware in front of both."""
+    assert states(router)[A]["state"] == "ready"
+    real = protocol_answers(deployment.models[A]["port"], deployment.keys[A])
+    port, key = free_port("127.0.0.1"), "sk-engine-fake"
+    env = {**os.environ, "VLLM_API_KEY": key, "PYTHONPATH": str(ROLE / "files")}
+    fake = subprocess.Popen(
+        [sys.executable, str(FAKE_ENGINE), "--kind", "vllm", "--port", str(port), "--served-name", A,
+         "--load-seconds", "0", "--middleware", VLLM_AUTH_MIDDLEWARE],
+        env=env,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: protocol_health(port, key), "the fake to listen", 30)
+        assert protocol_answers(port, key) == real
+    finally:
+        fake.terminate()
+        fake.wait(10)
+
+
+def protocol_health(port: int, key: str) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", headers={"Authorization": f"Bearer {key}"}).is_success
+    except httpx.HTTPError:
+        return False
 
 
 def test_router_exit_leaves_no_engine_process(router: RouterProcess, deployment: Deployment) -> None:

@@ -5,9 +5,11 @@ versions the role pins; see /work/shared/research/engine-audit.md):
 
 - vllm (0.32.0, the role's CUDA 13 pin; tests/engine_code runs the real one): the socket opens only after the model
   has loaded; `/health` 200; sleep mode (registered with VLLM_SERVER_DEV_MODE=1; 0.32.0
-  entrypoints/serve/dev/sleep/api_router.py:26-61): `POST /sleep?level=N` with N an int 0..2 (default 1, else
-  FastAPI's 422) -> `{"status": "sleeping", "level": N}`, `POST /wake_up` -> `{"status": "awake", "tags": null}`,
-  `GET /is_sleeping` -> `{"is_sleeping": bool}`.
+  entrypoints/serve/dev/sleep/api_router.py:26-61): `POST /sleep?level=N` with N an int 0..2 (default 1)
+  -> `{"status": "sleeping", "level": N}`, `POST /wake_up` -> `{"status": "awake", "tags": null}`,
+  `GET /is_sleeping` -> `{"is_sleeping": bool}`; a level outside 0..2 gets vLLM's validation answer (400, OpenAI-shaped
+  error, serve/exception_handling/handlers/validation.py:149-195). tests/engine_code/test_vllm_real.py compares
+  these answers with the real engine's.
   Auth as vLLM's AuthenticationMiddleware (0.32.0 vllm/entrypoints/serve/middleware/authenticate.py:11-61,
   added by serve/middleware/register.py:32-36 with `--api-key` taking precedence over env VLLM_API_KEY; 0.19.1
   entrypoints/openai/server_utils.py:47-82, api_server.py:265-269): only paths under /v1, /v2, /inference and
@@ -127,6 +129,31 @@ class EngineAuth:
             await self.app(scope, receive, send)
             return
         await JSONResponse(UNAUTHORIZED, 401)(scope, receive, send)
+
+
+def vllm_level_error(raw: str) -> dict | None:
+    """pydantic's error for `level: Annotated[int, Query(ge=0, le=2)]` (vllm 0.32.0 sleep/api_router.py:29)."""
+    loc = "query.level"
+    try:
+        level = int(raw)
+    except ValueError:
+        msg = "Input should be a valid integer, unable to parse string as an integer"
+        return {"type": "int_parsing", "loc": loc, "msg": msg, "input": raw}
+    if level > 2:
+        msg = "Input should be less than or equal to 2"
+        return {"type": "less_than_equal", "loc": loc, "msg": msg, "input": raw, "ctx": {"le": 2}}
+    if level < 0:
+        msg = "Input should be greater than or equal to 0"
+        return {"type": "greater_than_equal", "loc": loc, "msg": msg, "input": raw, "ctx": {"ge": 0}}
+    return None
+
+
+def vllm_validation_error(error: dict, param: str) -> JSONResponse:
+    """vLLM's answer to a request that fails validation: 400 with an OpenAI-shaped error whose message lists the
+    errors (vllm 0.32.0 entrypoints/serve/exception_handling/handlers/validation.py:149-195)."""
+    message = f"1 validation error:\n  {error}"
+    body = {"error": {"message": message, "type": "Bad Request", "param": param, "code": 400}}
+    return JSONResponse(body, 400)
 
 
 def tabby_event(payload: dict) -> str:
@@ -265,13 +292,11 @@ def make_app(args: argparse.Namespace) -> Starlette:
         denied = client_denied(request)
         if denied:
             return denied
-        try:
-            level = int(request.query_params.get("level", "1"))
-        except ValueError:
-            level = -1
-        if not 0 <= level <= 2:
-            detail = [{"type": "less_than_equal", "loc": ["query", "level"], "msg": "Input should be <= 2"}]
-            return JSONResponse({"detail": detail}, 422)
+        raw = request.query_params.get("level", "1")
+        error = vllm_level_error(raw)
+        if error is not None:
+            return vllm_validation_error(error, "query.level")
+        level = int(raw)
         state["sleeping"] = True
         state["sleeps"] += 1
         state["sleep_levels"].append(level)
