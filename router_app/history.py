@@ -20,6 +20,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 KEEP_LOAD_TIMES = 7
+RECORDS_SLEEP = "records_sleep"
 
 
 def _optional(kind: type, value: Any) -> Any:
@@ -34,9 +35,20 @@ class ModelHistory:
     sleep_footprint: dict[str, int] = field(default_factory=dict)
     loaded_revision: str | None = None  # `revision` of the model at its last successful load
     asleep_pid: int | None = None  # the engine process the router put to sleep (or is putting to sleep)
+    asleep_fingerprint: str | None = None  # its wake-integrity probe answer then (runtime.py)
 
     def median_load_s(self) -> float | None:
         return statistics.median(self.load_times) if self.load_times else None
+
+
+@dataclass(frozen=True)
+class SleepRecord:
+    """What the router recorded about putting a model's engine to sleep: the engine's PID (None: not asleep), its
+    wake-integrity fingerprint then, and whether "no PID" can be trusted to mean awake (`known`)."""
+
+    pid: int | None
+    fingerprint: str | None = None
+    known: bool = True
 
 
 class History:
@@ -45,9 +57,13 @@ class History:
     def __init__(self, directory: Path | None) -> None:
         self.path = directory / "models.json" if directory else None
         self.models: dict[str, ModelHistory] = {}
+        # Whether sleeps are recorded across restarts: persisted, by a router that records them (RECORDS_SLEEP in
+        # the file; an older router's file lacks it, so an engine it put to sleep would read as awake).
+        self.records_sleep = self.path is not None
         if self.path is not None and self.path.exists():
             try:
                 data: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
+                self.records_sleep = bool(data.get(RECORDS_SLEEP))
                 for model_id, entry in data.get("models", {}).items():
                     self.models[model_id] = ModelHistory(
                         load_times=[float(t) for t in entry.get("load_times", [])][-KEEP_LOAD_TIMES:],
@@ -56,6 +72,7 @@ class History:
                         sleep_footprint={str(k): int(v) for k, v in entry.get("sleep_footprint", {}).items()},
                         loaded_revision=_optional(str, entry.get("loaded_revision")),
                         asleep_pid=_optional(int, entry.get("asleep_pid")),
+                        asleep_fingerprint=_optional(str, entry.get("asleep_fingerprint")),
                     )
             except (OSError, ValueError, TypeError, AttributeError) as exc:
                 log.warning("ignoring unreadable history %s: %s", self.path, exc)
@@ -74,12 +91,16 @@ class History:
         entry = self.models.get(model_id)
         return bool(entry and entry.load_times and entry.loaded_revision == revision)
 
-    def record_asleep(self, model_id: str, pid: int | None) -> None:
+    def record_asleep(self, model_id: str, pid: int | None, fingerprint: str | None = None) -> None:
         """The engine process put to sleep (recorded before the sleep request), None once awake or stopped."""
         entry = self.get(model_id)
-        if entry.asleep_pid != pid:
-            entry.asleep_pid = pid
+        if (entry.asleep_pid, entry.asleep_fingerprint) != (pid, fingerprint):
+            entry.asleep_pid, entry.asleep_fingerprint = pid, fingerprint
             self.save()
+
+    def sleep_record(self, model_id: str) -> SleepRecord:
+        entry = self.models.get(model_id) or ModelHistory()
+        return SleepRecord(entry.asleep_pid, entry.asleep_fingerprint, self.records_sleep)
 
     def footprint(self, model_id: str, key: str) -> dict[str, int]:
         entry = self.models.get(model_id)
@@ -104,9 +125,11 @@ class History:
                     "sleep_footprint": entry.sleep_footprint,
                     "loaded_revision": entry.loaded_revision,
                     "asleep_pid": entry.asleep_pid,
+                    "asleep_fingerprint": entry.asleep_fingerprint,
                 }
                 for model_id, entry in self.models.items()
-            }
+            },
+            RECORDS_SLEEP: True,
         }
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ import httpx
 
 from .config import ModelConfig, RouterSettings
 from .engines import EngineAdapter, EngineError, Health
+from .history import SleepRecord
 from .supervisor import Supervisor, SupervisorError
 
 if TYPE_CHECKING:
@@ -253,7 +254,7 @@ class ModelRuntime:
         checks = [self.adapter.health]
         if not self.adapter.health_means_loaded:
             checks.append(self.adapter.probe_generation)
-        if cold:
+        if cold and self.adapter.samples_on_load:
             checks.append(self.adapter.probe_sampled)
         for check in checks:
             while await self._race_exit(check(), deadline) is not Health.READY:
@@ -320,11 +321,11 @@ class ModelRuntime:
         await self._wait_ready(time.monotonic() + self.load_timeout_s, cold=True)
         await self._record_fingerprint()
 
-    async def deactivate(self) -> None:
-        """Free the GPU: sleep where the model is configured for it and the engine can, else stop."""
+    async def deactivate(self, stop: bool = False) -> None:
+        """Free the GPU: sleep where the model is configured for it and the engine can (unless `stop`), else stop."""
         if self.supervisor is None or self.state is ModelState.STOPPED:
             return
-        if self.model.evict == "sleep" and self.adapter.supports_sleep and self.state is ModelState.READY:
+        if not stop and self.may_sleep and self.state is ModelState.READY:
             try:
                 await self.adapter.sleep()
                 self._set(ModelState.SLEEPING)
@@ -366,13 +367,14 @@ class ModelRuntime:
         self.last_error = None
         self._set(ModelState.STOPPED)
 
-    async def adopt(self, slept_pid: int | None = None) -> ModelState | None:
-        """At router start: take over an engine that is already running (systemd units), awake or asleep.
+    async def inspect(self, slept: SleepRecord) -> ModelState | None:
+        """At router start: what an engine that already runs (systemd units) is: READY, SLEEPING, or None (not
+        running, not healthy, or a sleeper whose state nobody knows; those are stopped). Changes nothing.
 
-        An engine that may sleep is asked whether it sleeps (vLLM /is_sleeping, TabbyAPI without a model); where it
-        cannot say (SGLang), `slept_pid` — the engine PID the router recorded when it put the model to sleep — decides:
-        the same PID still runs, so it still sleeps. A sleeping engine is never health-checked: SGLang's /health
-        generates a token, on memory it released (engine-audit-2 #6). Returns the adopted state, or None (stopped).
+        An engine that may sleep is asked whether it sleeps (vLLM /is_sleeping, TabbyAPI without a model). Where it
+        cannot say (SGLang), the router's record decides: the PID it put to sleep still runs, so it still sleeps; no
+        PID recorded in a history that records sleeps, so it is awake. A sleeping engine is never health-checked:
+        SGLang's /health generates a token, on memory it released (engine-audit-2 #6).
         """
         if self.supervisor is None or not await self.supervisor.is_running():
             return None
@@ -382,25 +384,32 @@ class ModelRuntime:
                 asleep = await self.adapter.asleep()
             except (EngineError, httpx.HTTPError) as exc:
                 log.warning("model %s: cannot tell whether it sleeps (%s)", self.model.id, exc)
-            if asleep is None and slept_pid is not None:
-                asleep = slept_pid in await self.supervisor.pids()
-        if not asleep:
-            try:
-                healthy = await self.adapter.health() is Health.READY
-            except EngineError:
-                healthy = False
-            if not healthy:
-                await self._cleanup_after_failure()
+            if asleep is None and slept.pid is not None:
+                asleep = slept.pid in await self.supervisor.pids()
+            elif asleep is None and not slept.known:
+                log.warning(
+                    "model %s is running, may be asleep, and neither it nor the router's history can say "
+                    "(no state_dir, or written by an older router): stopping it rather than probing it",
+                    self.model.id,
+                )
                 return None
+        if asleep:
+            return ModelState.SLEEPING
+        try:
+            healthy = await self.adapter.health() is Health.READY
+        except EngineError:
+            healthy = False
+        return ModelState.READY if healthy else None
+
+    def take_over(self, state: ModelState, fingerprint: str | None = None) -> None:
+        """Adopt the running engine as `state` (inspect's answer); `fingerprint`: its wake-integrity probe answer as
+        recorded when it went to sleep, so its next wake is checked too."""
+        assert self.supervisor is not None
         self._watch = asyncio.create_task(self._watch_exit(self.supervisor), name=f"exit-{self.model.id}")
-        self._set(ModelState.SLEEPING if asleep else ModelState.READY)
-        log.info(
-            "model %s was already running (%s)%s: adopted",
-            self.model.id,
-            self.supervisor.description,
-            " asleep" if asleep else "",
-        )
-        return self.state
+        self.fingerprint = fingerprint if state is ModelState.SLEEPING else None
+        self._set(state)
+        asleep = " asleep" if state is ModelState.SLEEPING else ""
+        log.info("model %s was already running (%s)%s: adopted", self.model.id, self.supervisor.description, asleep)
 
     async def shutdown(self) -> None:
         """Stop the engine when the router exits (process supervisor only: units stay as they are)."""

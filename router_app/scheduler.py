@@ -251,11 +251,11 @@ class Scheduler:
             }
         )
 
-    def fits_now(self, model: str) -> bool:
-        """Whether `model` fits next to what holds memory now (adopting engines found running at start)."""
+    def fits_now(self, model: str, asleep: bool = False) -> bool:
+        """Whether `model` (awake, or asleep) fits next to what holds memory now (adopting engines at start)."""
         state = self._models[model]
         return all(
-            sum(self._held(o, d) for o in self._models.values() if o is not state) + self._units(state, d, True)
+            sum(self._held(o, d) for o in self._models.values() if o is not state) + self._units(state, d, not asleep)
             <= self._capacity(d)
             for d in state.spec.devices
         )

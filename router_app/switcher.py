@@ -146,7 +146,9 @@ class Switcher(StatusReport, Reconfiguration):
             group=model.group if enabled else None,
             pinned=model.pinned,
             ttl_s=model.ttl_s,
-            cancel_abandoned=model.cancel_abandoned,
+            # A first load compiles what later ones find cached: finished even when its clients left, or a client
+            # timeout shorter than the compile would restart it from scratch at every request.
+            cancel_abandoned=model.cancel_abandoned and self.history.loaded_before(model.id, model.revision),
         )
 
     # --- requests ------------------------------------------------------------------------
@@ -266,6 +268,8 @@ class Switcher(StatusReport, Reconfiguration):
             return
         if ok:
             self.scheduler.set_reload_cost(model, self.history.get(name).median_load_s() or elapsed)
+            spec = self.scheduler.spec(model)
+            self.scheduler.set_spec(ModelSpec(**{**spec.__dict__, "cancel_abandoned": runtime.model.cancel_abandoned}))
         log.info("load of %s %s in %.2f s", model, "done" if ok else "FAILED", elapsed)
         self.apply(self.scheduler.load_done(model, ok, reason, self.clock()))
 
@@ -277,12 +281,15 @@ class Switcher(StatusReport, Reconfiguration):
         try:
             if self._before_evict is not None:
                 await self._before_evict(model)
-            if runtime.may_sleep and runtime.state is ModelState.READY and runtime.supervisor is not None:
+            # Requests cut at a drain timeout may still run in the engine; SGLang's memory release asserts an idle
+            # scheduler (0.5.23 weight_updater.py:339-341) and would crash it: stop instead of sleeping.
+            stop = _reason_kind(reason) == "drain_timeout"
+            if not stop and runtime.may_sleep and runtime.state is ModelState.READY and runtime.supervisor is not None:
                 # Before the sleep request: a router that dies meanwhile adopts the engine as asleep at its next
-                # start (runtime.adopt), which SGLang cannot tell itself.
+                # start (runtime.inspect), which SGLang cannot tell itself.
                 pids = await runtime.supervisor.pids()
-                self.history.record_asleep(runtime.model.id, pids[0] if pids else None)
-            await runtime.deactivate()
+                self.history.record_asleep(runtime.model.id, pids[0] if pids else None, runtime.fingerprint)
+            await runtime.deactivate(stop=stop)
         except Exception:
             log.exception("evicting %s failed", model)
         finally:
@@ -381,18 +388,19 @@ class Switcher(StatusReport, Reconfiguration):
             model = runtime.model.id
             if not await runtime.supervisor.is_running():
                 continue
-            fits = self.scheduler.fits_now(model)
-            adopted = await runtime.adopt(self.history.get(runtime.model.id).asleep_pid) if fits else None
-            if adopted is not None:
-                self.scheduler.adopt(model, now, asleep=adopted is ModelState.SLEEPING)
-                if adopted is not ModelState.SLEEPING:
-                    self.history.record_asleep(runtime.model.id, None)
-            elif fits:
-                self.history.record_asleep(runtime.model.id, None)
-                continue
+            record = self.history.sleep_record(model)
+            state = await runtime.inspect(record)
+            if state is None:
+                await runtime.supervisor.stop()
+            elif self.scheduler.fits_now(model, asleep=state is ModelState.SLEEPING):
+                runtime.take_over(state, record.fingerprint)
+                self.scheduler.adopt(model, now, asleep=state is ModelState.SLEEPING)
+                if state is ModelState.SLEEPING:
+                    continue
             else:
                 log.info("model %s is running but does not fit next to the adopted ones: stopping it", model)
                 await runtime.supervisor.stop()
+            self.history.record_asleep(model, None)
         for runtime in self.runtimes.values():
             if runtime.supervisor is not None and (runtime.model.preload or runtime.model.pinned):
                 self._tasks.add(

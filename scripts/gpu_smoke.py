@@ -19,6 +19,7 @@ Standard library only, so it runs with the repository's .venv python.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -278,8 +279,8 @@ class Measured:
 def verdict(m: Measured) -> list[str]:
     """Why this engine fails the smoke (empty: it passes). Pure: the rules live here and nowhere else."""
     reasons = []
-    if m.sampled_error:
-        reasons.append(f"sampled request (top_p/top_k) failed: {m.sampled_error}")
+    if m.sampled_error:  # the sleep cycle did not run (drive stops there)
+        return [f"sampled request (top_p/top_k) failed: {m.sampled_error}"]
     if not m.sleeps:
         return reasons
     if m.state_asleep != "sleeping":
@@ -328,6 +329,10 @@ def drive(base: str, client_key: str, admin_key: str, smoke: Smoke) -> Measured:
             m.sampled_error = f"the model is {state!r} after it"
     except RuntimeError as exc:
         m.sampled_error = str(exc)
+    if m.sampled_error:  # the engine may be gone: report why, not what failed after it
+        with contextlib.suppress(RuntimeError):
+            admin(base, admin_key, "unload", model)
+        return m
     if m.sleeps:
         admin(base, admin_key, "unload", model)  # sleep
         admin(base, admin_key, "unload", model)  # a sleeping model's unload stops it (scheduler.unload)

@@ -47,6 +47,8 @@ class EngineAdapter:
     # True where a 200 from the health endpoint already proves the model is loaded and answers, so the
     # 1-token generation probe after it would only cost a generation per load.
     health_means_loaded: ClassVar[bool] = False
+    # Whether a cold load ends with one sampled request (SAMPLED_PROBE): where kernels are built at first use.
+    samples_on_load: ClassVar[bool] = True
 
     def __init__(self, model: ModelConfig, client: httpx.AsyncClient) -> None:
         self.model = model

@@ -205,25 +205,3 @@ def test_checker_names_what_is_wrong(plain: dict[str, Any], case: str) -> None:
 def test_checker_suggests_the_key_meant(plain: dict[str, Any]) -> None:
     [error] = tabby.check(changed(plain, {"model.max_seq_length": 4096}), tabby.MAIN)
     assert error.endswith("did you mean 'max_seq_len'?")
-
-
-def test_the_commits_differ_as_described() -> None:
-    main, exl2 = tabby.SCHEMAS[tabby.MAIN], tabby.SCHEMAS[tabby.EXL2]
-    assert main.keys() == exl2.keys()
-    added = {f"{s}.{k}" for s in main for k in main[s].keys if k not in exl2[s].keys}
-    removed = {f"{s}.{k}" for s in exl2 for k in exl2[s].keys if k not in main[s].keys}
-    assert removed == {"model.reasoning_suppress_header"}
-    assert added == {
-        "network.sse_ping_interval",
-        "model.cpu_moe_offload_layers",
-        "model.template_vars_default",
-        "model.template_vars_force",
-        "model.start_in_reasoning",
-        "model.tool_calls_in_reasoning",
-        "model.reasoning_budget_tokens",
-        "model.reasoning_budget_message",
-        "model.harmony",
-        "model.muse_glimmer",
-        "draft_model.dynamic_draft",
-        "memory.sysmem_kv_cache",
-    }

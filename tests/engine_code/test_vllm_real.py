@@ -247,12 +247,14 @@ def test_cold_load_streams_status_then_the_answer(router: RouterProcess, observe
 
 
 def test_speed_report_after_a_cold_load_counts_generation_not_the_load(observed: dict[str, Any]) -> None:
-    """vLLM's usage has no `timings`, so the router times the generation itself; the load wait is not part of it."""
+    """vLLM's usage has no `timings`, so the router times the generation itself; the load wait is not part of it.
+    A bound, not a speed: a report that counted the wait is at least the load (tests/unit/test_speed_report.py
+    checks the clock exactly)."""
     if "cold_footer" not in observed:
         pytest.fail("the cold-load test did not record its stream's footer")
     match = FOOTER.search(observed["cold_footer"])
     assert match, observed["cold_footer"]
-    assert float(match[3]) < observed["cold_load_s"] / 10, (observed["cold_footer"], observed["cold_load_s"])
+    assert float(match[3]) < observed["cold_load_s"], (observed["cold_footer"], observed["cold_load_s"])
 
 
 def test_chat_and_completions_answer(router: RouterProcess) -> None:

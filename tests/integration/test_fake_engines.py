@@ -346,4 +346,6 @@ def test_speed_report_counts_generation_not_the_wait_for_a_load(start_router) ->
     report = next(s for s in statuses if "tok/s" in s)
     seconds = float(report.rsplit(" in ", 1)[1].removesuffix(" s"))
     load_s = httpx.get(router.url + "/health/v1", timeout=10).json()["last_load_s"]
-    assert seconds < load_s / 3, (report, load_s)
+    # A bound, not a speed: a report that counted the wait is at least the load (the exact clock:
+    # tests/unit/test_speed_report.py).
+    assert seconds < load_s, (report, load_s)

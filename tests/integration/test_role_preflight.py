@@ -121,7 +121,13 @@ def fake_toolkit(root: Path, version: str, files: bool) -> Path:
     nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {version}, V{version}.88'\n")
     nvcc.chmod(0o755)
     if files:
-        for name in ("include/cublas_v2.h", "lib64/libcublas.so", "lib64/libcudart.so", "lib64/stubs/libcuda.so"):
+        for name in (
+            "include/cuda_runtime.h",
+            "include/cublas_v2.h",
+            "lib64/libcublas.so",
+            "lib64/libcudart.so",
+            "lib64/stubs/libcuda.so",
+        ):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_bytes(b"")
     return root
@@ -131,7 +137,8 @@ def fake_toolkit(root: Path, version: str, files: bool) -> Path:
 def test_llamacpp_cuda_build_needs_cublas_and_cuda_needs_uvm(tmp_path: Path) -> None:
     """On the host itself (not render-only): the toolkit's cuBLAS, runtime and driver library for the llama.cpp
     build, named by package (configure otherwise stops at `CUDA::cublas but the target was not found`); then
-    /dev/nvidia-uvm or nvidia-modprobe (engine-audit-2 #4). This machine has neither a GPU nor nvidia-modprobe."""
+    nvidia-modprobe, which the units run so /dev/nvidia-uvm exists after a reboot (engine-audit-2 #4). This machine
+    has neither a GPU nor nvidia-modprobe."""
     Path("/srv").mkdir(exist_ok=True)
     top = Path(tempfile.mkdtemp(prefix="llm-router-test-", dir="/srv"))
     try:
@@ -149,14 +156,22 @@ def test_llamacpp_cuda_build_needs_cublas_and_cuda_needs_uvm(tmp_path: Path) -> 
         result = preflight(tmp_path, **host, llm_router_cuda_home=str(bare))
         assert result.returncode != 0
         out = result.stdout
-        assert "llama.cpp's CUDA build links more than nvcc, and the toolkit at" in out, out[-3000:]
+        assert "llama.cpp's CUDA build links with more than nvcc, and the toolkit at" in out, out[-3000:]
         assert "install cuda-cudart-dev-13-0 cuda-driver-dev-13-0 libcublas-dev-13-0 from NVIDIA's" in out
         full = fake_toolkit(tmp_path / "cuda-full", "13.0", files=True)
         result = preflight(tmp_path, **host, llm_router_cuda_home=str(full))
         assert result.returncode != 0
-        assert "Neither /dev/nvidia-uvm nor /usr/bin/nvidia-modprobe exists" in result.stdout, result.stdout[-3000:]
+        assert "/usr/bin/nvidia-modprobe not found: the engine units run it" in result.stdout, result.stdout[-3000:]
         result = preflight(tmp_path, **host, llm_router_cuda_home=str(full), llm_router_nvidia_modprobe="/bin/true")
         assert result.returncode == 0, result.stdout[-3000:]
+        # SGLang's FlashInfer JIT includes cuRAND (flashinfer 0.7.2 sampling.cuh:20-22), which the full
+        # llama.cpp toolkit above lacks.
+        (top / "sglang-model").mkdir(mode=0o755)
+        sglang = {"id": "s", "backend": "sglang", "model": str(top / "sglang-model")}
+        result = preflight(tmp_path, **{**host, "llm_router_models": [sglang]}, llm_router_cuda_home=str(full))
+        assert result.returncode != 0
+        assert "SGLang models s compile FlashInfer kernels with more than nvcc" in result.stdout, result.stdout[-3000:]
+        assert "install libcurand-dev-13-0 from NVIDIA's" in result.stdout
     finally:
         shutil.rmtree(top)
 

@@ -11,7 +11,7 @@ import pytest
 
 from router_app.config import parse_config, parse_size
 from router_app.devtools.tiny_gguf import write_model
-from router_app.history import History
+from router_app.history import History, SleepRecord
 from router_app.memory import (
     GGUF_OVERHEAD,
     MemoryModel,
@@ -158,3 +158,19 @@ def test_history_keeps_the_last_load_times_and_footprints_per_shape(tmp_path: Pa
     assert again.footprint("m", "shape-2") == {}, "a changed command starts from a fresh estimate"
     (tmp_path / "models.json").write_text("{not json")
     assert History(tmp_path).models == {}
+
+
+def test_history_keeps_the_revision_loaded_and_the_engine_put_to_sleep(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    assert history.records_sleep and not history.loaded_before("m", "r1")
+    history.record_load("m", 12.0, "r1")
+    history.record_asleep("m", 4242, "its answer")
+    again = History(tmp_path)
+    assert again.loaded_before("m", "r1") and not again.loaded_before("m", "r2")
+    assert again.sleep_record("m") == SleepRecord(4242, "its answer", known=True)
+    assert again.sleep_record("other") == SleepRecord(None, None, known=True)  # recorded: never put to sleep
+    assert History(None).sleep_record("m").known is False  # nothing survives a restart: cannot vouch
+    # A file written by a router that did not record sleeps (a10d443): "no PID" proves nothing.
+    (tmp_path / "models.json").write_text('{"models": {"m": {"load_times": [3.0]}}}')
+    old = History(tmp_path)
+    assert old.sleep_record("m") == SleepRecord(None, None, known=False) and not old.loaded_before("m", "r1")

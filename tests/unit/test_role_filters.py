@@ -6,6 +6,7 @@ import base64
 import importlib.util
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -357,7 +358,7 @@ def model_unit(accelerator: str = "cuda", systemd: int = 252) -> list[str]:
         llm_router_accelerator=accelerator,
         llm_router_nvidia_modprobe="/usr/bin/nvidia-modprobe",
         _llm_router_paths=paths,
-        ansible_facts={"systemd": {"version": systemd}},
+        _llm_router_systemd_version=systemd,
     ).splitlines()
 
 
@@ -408,6 +409,21 @@ def test_model_unit_lets_tabbyapi_write_its_logs() -> None:
     (model,) = normalize([{"id": "t", "backend": "tabbyapi", "model": "/m/T-exl3"}])
     script = render("model-start.sh.j2", item=model)
     assert f"cd {PATHS['tabbyapi_dir']}" in script  # templates/ and sampler_overrides/ are relative to it too
+
+
+def test_start_scripts_exec_the_engine() -> None:
+    """The unit's MainPID must be the engine itself: the router records it when it puts a model to sleep, and a
+    restarted router adopts the engine asleep only if that PID still runs (SystemdSupervisor.pids is MainPID)."""
+    for model in normalize(
+        [
+            {"id": "s", "backend": "sglang", "model": "/m/s", "evict": "sleep"},
+            {"id": "v", "backend": "vllm", "model": "/m/v", "evict": "sleep"},
+            {"id": "t", "backend": "tabbyapi", "model": "/m/t"},
+            {"id": "g", "backend": "llamacpp", "model": "/m/g.gguf"},
+        ]
+    ):
+        script = render("model-start.sh.j2", item=model)
+        assert f"\nexec {shlex.quote(model['argv'][0])} " in script, (model["id"], script)
 
 
 def test_model_env_file_quotes_values() -> None:

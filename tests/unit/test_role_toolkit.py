@@ -16,7 +16,7 @@ toolkit = load_filter("llm_router_toolkit")
 
 SGLANG_CU13 = {"sglang": {"lane": "cu13", "cuda_major": 13}}
 SGLANG_CU12 = {"sglang": {"lane": "cu12", "cuda_major": 12}}
-ALL_FILES = dict.fromkeys(toolkit.BUILD_NEEDS, "/somewhere")
+ALL_FILES = dict.fromkeys(toolkit.TOOLKIT_FILES, "/somewhere")
 
 
 def errors(models, plan=SGLANG_CU13, version="13.0", driver="580.95.05", archs=("90",), llamacpp=False, found=None):
@@ -31,7 +31,7 @@ JIT_FREE = {**SGLANG, "extra_args": ["--attention-backend", "triton", "--samplin
 
 def test_sglang_needs_an_nvcc_of_its_lane_major() -> None:
     (missing,) = errors([SGLANG], version="")
-    assert "no CUDA toolkit at /usr/local/cuda" in missing and "cuda-nvcc-13-X" in missing
+    assert "no CUDA toolkit at /usr/local/cuda" in missing and "cuda-toolkit-13-X" in missing
     (other_major,) = errors([SGLANG], version="12.8")
     assert "CUDA 13 wheels here (lane cu13), but the toolkit at /usr/local/cuda is CUDA 12.8" in other_major
     assert errors([SGLANG], version="13.0") == []
@@ -40,7 +40,7 @@ def test_sglang_needs_an_nvcc_of_its_lane_major() -> None:
 
 def test_sglang_cu12_lane_on_blackwell_needs_nvcc_12_9() -> None:
     (refused,) = errors([SGLANG], plan=SGLANG_CU12, version="12.8", archs=("90", "120a"))
-    assert "SM 12.x requires CUDA >= 12.9" in refused and "cuda-nvcc-12-9" in refused
+    assert "SM 12.x requires CUDA >= 12.9" in refused and "cuda-toolkit-12-9" in refused
     assert errors([SGLANG], plan=SGLANG_CU12, version="12.9", archs=("120a",)) == []
 
 
@@ -67,6 +67,7 @@ def test_the_driver_must_run_what_the_toolkit_builds() -> None:
 @pytest.mark.parametrize(
     ("need", "package"),
     [
+        ("cuda_runtime_header", "cuda-cudart-dev-13-0"),
         ("cublas_header", "libcublas-dev-13-0"),
         ("cublas_lib", "libcublas-dev-13-0"),
         ("cudart_lib", "cuda-cudart-dev-13-0"),
@@ -77,11 +78,30 @@ def test_llamacpp_build_names_the_missing_package(need: str, package: str) -> No
     gguf = {"id": "g", "backend": "llamacpp", "model": "/m/g.gguf"}
     found = {**ALL_FILES, need: ""}
     (refused,) = errors([gguf], plan={}, llamacpp=True, found=found)
+    assert refused.startswith("llama.cpp's CUDA build links with more than nvcc")
     assert f"install {package} from NVIDIA's CUDA repository" in refused
-    assert toolkit.BUILD_NEEDS[need][0] in refused
+    assert toolkit.TOOLKIT_FILES[need][0] in refused
     assert errors([gguf], plan={}, llamacpp=True, found=ALL_FILES) == []
     assert errors([gguf], plan={}, llamacpp=True, found=None) == []  # render-only: no files to look at
-    assert errors([SGLANG], found={}) == []  # only the llama.cpp build links cuBLAS
+    assert errors([gguf], plan={}, llamacpp=True, found={**ALL_FILES, "curand_header": ""}) == []  # not linked
+
+
+@pytest.mark.parametrize(
+    ("need", "package"),
+    [
+        ("cuda_runtime_header", "cuda-cudart-dev-13-0"),
+        ("curand_header", "libcurand-dev-13-0"),
+        ("cudart_lib", "cuda-cudart-dev-13-0"),
+        ("driver_lib", "cuda-driver-dev-13-0"),
+    ],
+)
+def test_flashinfer_jit_names_the_missing_package(need: str, package: str) -> None:
+    """flashinfer 0.7.2: sampling.cuh:20-22 includes cuRAND; jit/cpp_ext.py:275-278 links -lcudart -lcuda."""
+    (refused,) = errors([SGLANG], found={**ALL_FILES, need: ""})
+    assert refused.startswith("SGLang models s compile FlashInfer kernels with more than nvcc")
+    assert f"install {package} from NVIDIA's CUDA repository" in refused
+    assert errors([SGLANG], found={**ALL_FILES, "cublas_header": "", "cublas_lib": ""}) == []  # not used
+    assert errors([JIT_FREE], found={}) == []
 
 
 def test_stat_results_pick_the_first_existing_candidate() -> None:
@@ -97,8 +117,11 @@ def test_stat_results_pick_the_first_existing_candidate() -> None:
     assert toolkit.toolkit_found(results) == {"cublas_lib": "/b/libcublas.so", "cudart_lib": ""}
 
 
-def test_uvm_needs_the_node_or_nvidia_modprobe() -> None:
-    assert toolkit.uvm_errors(True, False, "/usr/bin/nvidia-modprobe") == []
+def test_uvm_needs_nvidia_modprobe_unless_the_host_makes_the_node() -> None:
+    """A node present at converge time may be gone after a reboot: the helper must be there (engine-audit-2 #4)."""
     assert toolkit.uvm_errors(False, True, "/usr/bin/nvidia-modprobe") == []
-    (refused,) = toolkit.uvm_errors(False, False, "/usr/bin/nvidia-modprobe")
-    assert "apt install nvidia-modprobe" in refused
+    (refused,) = toolkit.uvm_errors(True, False, "/usr/bin/nvidia-modprobe")
+    assert refused.startswith("/usr/bin/nvidia-modprobe not found") and "apt install nvidia-modprobe" in refused
+    assert toolkit.uvm_errors(True, False, "") == []  # the host makes it at boot (llm_router_nvidia_modprobe: "")
+    (refused,) = toolkit.uvm_errors(False, False, "")
+    assert refused.startswith("/dev/nvidia-uvm does not exist and llm_router_nvidia_modprobe is empty")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -68,14 +69,22 @@ class ReadyAdapter(EngineAdapter):
         return Health.READY
 
 
-def build(journal: list[str], drain_timeout_s: float = 30, failing: str = "", fairness_s: float = 10) -> Switcher:
+def build(
+    journal: list[str], drain_timeout_s: float = 30, failing: str = "", fairness_s: float = 10, loaded: bool = True
+) -> Switcher:
+    """Models a and b; `loaded`: each has loaded before (so a load is not a first load)."""
+    from router_app.history import History
+
     settings = RouterSettings(drain_timeout_s=drain_timeout_s, fairness_s=fairness_s)
     runtimes = {}
+    history = History(None)
     for name in ("a", "b"):
         model = ModelConfig(id=name, backend="llamacpp", port=1, command=["x"])
         supervisor = MemorySupervisor(name, journal, fail_start=name == failing)
         runtimes[name] = ModelRuntime(model, ReadyAdapter(model, supervisor), supervisor, settings)
-    return Switcher(runtimes, settings)
+        if loaded:
+            history.record_load(name, 1.0, model.revision)
+    return Switcher(runtimes, settings, history=history)
 
 
 async def test_evicted_model_stops_before_target_starts() -> None:
@@ -172,6 +181,27 @@ async def test_abandoned_load_is_cancelled_and_the_engine_stopped() -> None:
     await asyncio.wait_for(_until(lambda: journal == ["start a", "stop a"]), 10)
     await asyncio.wait_for(_until(lambda: switcher.scheduler.phase("a") == "stopped"), 10)
     assert switcher.runtimes["a"].state == "stopped"
+
+
+async def test_a_first_load_finishes_when_its_clients_leave() -> None:
+    """A first load compiles and downloads (minutes): cancelling it when a client times out would start it from
+    scratch at the next request, which would time out again. It finishes; later loads are cancelled as configured."""
+    journal: list[str] = []
+    switcher = build(journal, loaded=False)
+    gate = asyncio.Event()
+
+    async def slow_health() -> Health:
+        await gate.wait()
+        return Health.READY
+
+    switcher.runtimes["a"].adapter.health = slow_health  # type: ignore[method-assign]
+    ticket = switcher.ticket("a")
+    await asyncio.wait_for(_until(lambda: journal == ["start a"]), 10)
+    ticket.release()  # the only client left
+    gate.set()
+    await asyncio.wait_for(_until(lambda: switcher.scheduler.phase("a") == "ready"), 10)
+    assert journal == ["start a"] and switcher.runtimes["a"].state == "ready"
+    assert switcher.scheduler.spec("a").cancel_abandoned  # loaded once: from now on as configured (evict: stop)
 
 
 async def test_reconfigure_keeps_unchanged_models_and_drains_changed_and_removed_ones() -> None:
@@ -274,6 +304,10 @@ class SleepyAdapter(ReadyAdapter):
     async def wake(self) -> None:
         self.calls.append("wake")
 
+    async def fingerprint(self) -> str:
+        self.calls.append("fingerprint")
+        return "the weights' answer"
+
 
 class RunningSupervisor(MemorySupervisor):
     """An engine already running when the router starts (a systemd unit that survived a router restart)."""
@@ -294,8 +328,9 @@ class RunningSupervisor(MemorySupervisor):
 
 
 def adopting(
-    says: bool | None, slept_pid: int | None, running_pid: int = 4242, **settings_: float
+    says: bool | None, slept_pid: int | None, running_pid: int = 4242, known: bool = True, **settings_: float
 ) -> tuple[Switcher, SleepyAdapter]:
+    """An SGLang-like model found running at start; `known`: the history records sleeps (persisted, new format)."""
     from router_app.history import History
 
     settings = RouterSettings(**settings_)
@@ -303,7 +338,9 @@ def adopting(
     supervisor = RunningSupervisor("s", [], running_pid)
     adapter = SleepyAdapter(model, supervisor, says)
     history = History(None)
+    history.records_sleep = known
     history.get("s").asleep_pid = slept_pid
+    history.get("s").asleep_fingerprint = "the weights' answer" if slept_pid else None
     return Switcher({"s": ModelRuntime(model, adapter, supervisor, settings)}, settings, history=history), adapter
 
 
@@ -319,15 +356,37 @@ def adopting(
 )
 async def test_router_start_adopts_sleeping_engines_as_asleep(says, slept_pid, asleep) -> None:
     """A sleeping SGLang must not get /health (it generates on released memory), nor be taken as awake; a sleeping
-    vLLM answers /health 200 (engine-audit-2 #6)."""
+    vLLM answers /health 200 (engine-audit-2 #6). Its wake is checked with the fingerprint recorded at its sleep."""
     switcher, adapter = adopting(says, slept_pid)
     await switcher.start()
     assert switcher.runtimes["s"].state == ("sleeping" if asleep else "ready")
     assert switcher.scheduler.phase("s") == ("sleeping" if asleep else "ready")
     assert ("health" in adapter.calls) is not asleep
+    assert switcher.runtimes["s"].fingerprint == ("the weights' answer" if asleep and slept_pid else None)
     await switcher.load("s")
     assert adapter.calls.count("wake") == (1 if asleep else 0)
     assert switcher.runtimes["s"].state == "ready" and switcher.history.get("s").asleep_pid is None
+    await switcher.shutdown(stop_engines=False)
+
+
+async def test_a_sleeper_nobody_can_vouch_for_is_stopped_not_probed() -> None:
+    """SGLang cannot say whether it sleeps; without a history that records sleeps (no state_dir, or an older
+    router's file), a probe could crash it: it is stopped, and loads cold on its next request."""
+    switcher, adapter = adopting(None, None, known=False)
+    await switcher.start()
+    assert adapter.calls == ["asleep"] and switcher.runtimes["s"].supervisor.journal == ["stop s"]
+    assert switcher.scheduler.phase("s") == "stopped"
+    await switcher.shutdown(stop_engines=False)
+
+
+async def test_a_sleeper_is_adopted_when_only_its_sleep_footprint_fits() -> None:
+    """The fit check at start counts what the engine holds now: asleep, its sleep footprint."""
+    switcher, _adapter = adopting(True, None)
+    switcher.scheduler.set_capacity("default", 100)
+    spec = switcher.scheduler.spec("s")
+    switcher.scheduler.set_spec(replace(spec, devices=("default",), footprint=150, sleep_footprint=10))
+    await switcher.start()
+    assert switcher.scheduler.phase("s") == "sleeping"
     await switcher.shutdown(stop_engines=False)
 
 
@@ -341,8 +400,10 @@ async def test_the_engine_put_to_sleep_is_recorded_before_it_sleeps() -> None:
         adapter.calls.append("sleep")
 
     adapter.sleep = sleep  # type: ignore[method-assign]
+    switcher.runtimes["s"].fingerprint = "its answer"
     assert await switcher.unload("s")
-    assert seen == [4242] and switcher.history.get("s").asleep_pid == 4242
+    assert seen == [4242] and switcher.history.sleep_record("s").pid == 4242
+    assert switcher.history.sleep_record("s").fingerprint == "its answer"
     await switcher.load("s")
     assert switcher.history.get("s").asleep_pid is None
     await switcher.shutdown(stop_engines=False)
@@ -379,6 +440,19 @@ async def test_a_first_load_gets_first_load_timeout_later_ones_load_timeout() ->
     await switcher.shutdown(stop_engines=True)
 
 
+async def test_a_drain_timeout_stops_a_sleeper_instead_of_sleeping_it() -> None:
+    """The requests cut at a drain timeout may still run in the engine, and SGLang's memory release asserts an idle
+    scheduler (0.5.23 weight_updater.py:339-341): stop it."""
+    switcher, adapter = adopting(False, None, drain_timeout_s=0.05)
+    await switcher.start()
+    busy = switcher.ticket("s")
+    await busy.wait()  # never released: a stuck request
+    assert await asyncio.wait_for(switcher.unload("s"), 10)
+    assert "sleep" not in adapter.calls and switcher.runtimes["s"].supervisor.journal == ["stop s"]
+    busy.release()
+    await switcher.shutdown(stop_engines=False)
+
+
 async def test_a_wake_never_gets_the_first_load_timeout() -> None:
     """Only a cold start compiles: a wake that hangs fails after load_timeout_s, also for an engine adopted asleep
     with no load in the history."""
@@ -392,3 +466,28 @@ async def test_a_wake_never_gets_the_first_load_timeout() -> None:
     with pytest.raises(SwitchError, match=r"within 0 s \(load_timeout_s\)"):
         await switcher.load("s")
     await switcher.shutdown(stop_engines=False)
+
+
+async def test_only_engines_that_build_kernels_at_first_use_get_the_sampled_probe() -> None:
+    """llama.cpp compiles nothing at first use (SASS built by the role) and may serve an embedding-only model."""
+    from router_app.engines.llamacpp import LlamaCppAdapter
+    from router_app.engines.sglang import SGLangAdapter
+
+    assert not LlamaCppAdapter.samples_on_load and SGLangAdapter.samples_on_load
+    journal: list[str] = []
+    switcher = build(journal)
+    sampled: list[str] = []
+
+    async def probe_sampled() -> Health:
+        sampled.append("a")
+        return Health.READY
+
+    adapter = switcher.runtimes["a"].adapter
+    adapter.probe_sampled = probe_sampled  # type: ignore[method-assign]
+    adapter.samples_on_load = False  # type: ignore[misc]
+    await switcher.load("a")
+    assert sampled == []
+    await switcher.unload("a")
+    adapter.samples_on_load = True  # type: ignore[misc]
+    await switcher.load("a")
+    assert sampled == ["a"]

@@ -1,7 +1,8 @@
 """Filters that check the CUDA toolkit against what uses it: the llama.cpp CUDA build (nvcc, cuBLAS, the driver
-library it links), SGLang's FlashInfer JIT (an nvcc of the lane's CUDA major), the driver that must run what the
-toolkit builds, and /dev/nvidia-uvm. Pure Python: preflight.yml gathers the facts (nvcc --version, stat of the
-files), these turn them into refusals that name the missing package. Tested in tests/unit/test_role_toolkit.py."""
+library it links), SGLang's FlashInfer JIT (nvcc of the lane's CUDA major, cuRAND, the runtime), the driver that
+must run what the toolkit builds, and /dev/nvidia-uvm. Pure Python: preflight.yml gathers the facts (nvcc --version,
+stat of the files), these turn them into refusals that name the missing package. Tested in
+tests/unit/test_role_toolkit.py."""
 
 from __future__ import annotations
 
@@ -19,15 +20,24 @@ MIN_DRIVER_FOR_TOOLKIT = {12: "525.60.13", 13: "580.65.06"}
 # (jit/cpp_ext.py:277), so the toolkit's major must be the lane's (engine-audit-2 #3).
 SGLANG_CU12_MIN_NVCC_SM120 = "12.9"
 
-# What the llama.cpp CUDA build links beyond nvcc (b11312 ggml/src/ggml-cuda/CMakeLists.txt:160-184, without
-# GGML_STATIC: CUDA::cudart, CUDA::cublas, and CUDA::cuda_driver unless GGML_CUDA_NO_VMM), with the package of
-# NVIDIA's CUDA repository that provides each ({ver}: major-minor, e.g. 13-0).
-BUILD_NEEDS = {
-    "cublas_header": ("cuBLAS headers (cublas_v2.h)", "libcublas-dev-{ver}"),
-    "cublas_lib": ("cuBLAS libraries (libcublas.so, libcublasLt.so)", "libcublas-dev-{ver}"),
-    "cudart_lib": ("the CUDA runtime (libcudart.so)", "cuda-cudart-dev-{ver}"),
+# Files of the toolkit that its users need beyond nvcc, with the package of NVIDIA's CUDA repository that provides each
+# ({ver}: major-minor, e.g. 13-0).
+TOOLKIT_FILES = {
+    "cuda_runtime_header": ("the CUDA runtime headers (cuda_runtime.h)", "cuda-cudart-dev-{ver}"),
+    "curand_header": ("the cuRAND headers (curand_kernel.h)", "libcurand-dev-{ver}"),
+    "cublas_header": ("the cuBLAS headers (cublas_v2.h)", "libcublas-dev-{ver}"),
+    "cublas_lib": ("the cuBLAS libraries (libcublas.so, libcublasLt.so)", "libcublas-dev-{ver}"),
+    "cudart_lib": ("the CUDA runtime library (libcudart.so)", "cuda-cudart-dev-{ver}"),
     "driver_lib": ("the CUDA driver library to link (libcuda.so: stubs/ or the driver's)", "cuda-driver-dev-{ver}"),
 }
+# The llama.cpp CUDA build (b11312 ggml/src/ggml-cuda/CMakeLists.txt:160-184, without GGML_STATIC: CUDA::cudart,
+# CUDA::cublas, and CUDA::cuda_driver unless GGML_CUDA_NO_VMM).
+LLAMACPP_NEEDS = ("cuda_runtime_header", "cublas_header", "cublas_lib", "cudart_lib", "driver_lib")
+# FlashInfer's JIT (SGLang): sampling.cuh includes curand.h, curand_kernel.h, curand_philox4x32_x.h (flashinfer 0.7.2
+# data/include/flashinfer/sampling.cuh:20-22); modules compile against $cuda_home/include and link
+# -L$cuda_home/lib64 -L$cuda_home/lib64/stubs -lcudart -lcuda (jit/cpp_ext.py:136-153, 275-278).
+FLASHINFER_NEEDS = ("cuda_runtime_header", "curand_header", "cudart_lib", "driver_lib")
+BUILD_NEEDS = {need: TOOLKIT_FILES[need] for need in LLAMACPP_NEEDS}
 
 
 def _version_tuple(text: Any) -> tuple[int, ...]:
@@ -46,6 +56,8 @@ def toolkit_candidates(cuda_home: str) -> dict[str, list[str]]:
     libs = [f"{cuda_home}/lib64", f"{cuda_home}/lib", f"{targets}/lib", "/usr/lib/x86_64-linux-gnu"]
     includes = [f"{cuda_home}/include", f"{targets}/include", "/usr/include"]
     return {
+        "cuda_runtime_header": [f"{d}/cuda_runtime.h" for d in includes],
+        "curand_header": [f"{d}/curand_kernel.h" for d in includes],
         "cublas_header": [f"{d}/cublas_v2.h" for d in includes],
         "cublas_lib": [f"{d}/libcublas.so" for d in libs],
         "cudart_lib": [f"{d}/libcudart.so" for d in libs],
@@ -118,7 +130,8 @@ def toolkit_errors(
 
     jit_models = [m["id"] for m in models if m.get("backend") == "sglang" and sglang_needs_jit(m)]
     lane = plan.get("sglang") or {}
-    if jit_models and lane:
+    sglang_jit = bool(jit_models and lane)
+    if sglang_jit:
         major = int(lane.get("cuda_major", 0))
         fallback = (
             "or run those models without FlashInfer's JIT: extra_args [--attention-backend, triton, "
@@ -127,8 +140,9 @@ def toolkit_errors(
         if not have:
             errors.append(
                 f"SGLang models {', '.join(jit_models)} build FlashInfer kernels with nvcc at first use, and there is "
-                f"no CUDA toolkit at {cuda_home} (looked for {nvcc}). Fix: install CUDA {major}.x (NVIDIA's "
-                f"cuda-nvcc-{major}-X package, or cuda-toolkit-{major}-X) and set llm_router_cuda_home, {fallback}."
+                f"no CUDA toolkit at {cuda_home} (looked for {nvcc}). Fix: install NVIDIA's cuda-toolkit-{major}-X "
+                f"(at least cuda-nvcc, cuda-cudart-dev, libcurand-dev, cuda-driver-dev) and set "
+                f"llm_router_cuda_home, {fallback}."
             )
         elif have[0] != major:
             errors.append(
@@ -141,11 +155,19 @@ def toolkit_errors(
             errors.append(
                 f"SGLang's CUDA 12 lane (FlashInfer 0.6.7.post3) refuses sm_12x GPUs with nvcc < "
                 f'{SGLANG_CU12_MIN_NVCC_SM120} ("SM 12.x requires CUDA >= 12.9"); the toolkit at {cuda_home} is '
-                f"{cuda_version} (models {', '.join(jit_models)}). Fix: install CUDA 12.9 (cuda-nvcc-12-9), "
+                f"{cuda_version} (models {', '.join(jit_models)}). Fix: install CUDA 12.9 (cuda-toolkit-12-9), "
                 f"{fallback}."
             )
+        elif found is not None:
+            errors += _missing_files(
+                f"SGLang models {', '.join(jit_models)} compile FlashInfer kernels",
+                FLASHINFER_NEEDS,
+                found,
+                cuda_home,
+                ver,
+            )
 
-    uses_toolkit = llamacpp or bool(jit_models and lane)
+    uses_toolkit = llamacpp or sglang_jit
     if uses_toolkit and have and driver:
         need = MIN_DRIVER_FOR_TOOLKIT.get(have[0])
         if need and _version_tuple(driver) < _version_tuple(need):
@@ -156,26 +178,40 @@ def toolkit_errors(
             )
 
     if llamacpp and have and found is not None:
-        missing = [need for need in BUILD_NEEDS if not found.get(need)]
-        if missing:
-            what = "; ".join(BUILD_NEEDS[need][0] for need in missing)
-            packages = sorted({BUILD_NEEDS[need][1].format(ver=ver) for need in missing})
-            errors.append(
-                f"llama.cpp's CUDA build links more than nvcc, and the toolkit at {cuda_home} lacks: {what}. Fix: "
-                f"install {' '.join(packages)} from NVIDIA's CUDA repository (or the whole cuda-toolkit-{ver}), "
-                "or set llm_router_accelerator: cpu."
-            )
+        errors += _missing_files("llama.cpp's CUDA build links", LLAMACPP_NEEDS, found, cuda_home, ver)
     return errors
 
 
+def _missing_files(who: str, needs: tuple[str, ...], found: dict[str, str], cuda_home: str, ver: str) -> list[str]:
+    missing = [need for need in needs if not found.get(need)]
+    if not missing:
+        return []
+    what = "; ".join(TOOLKIT_FILES[need][0] for need in missing)
+    packages = sorted({TOOLKIT_FILES[need][1].format(ver=ver) for need in missing})
+    return [
+        f"{who} with more than nvcc, and the toolkit at {cuda_home} lacks: {what}. Fix: install "
+        f"{' '.join(packages)} from NVIDIA's CUDA repository (or the whole cuda-toolkit-{ver})."
+    ]
+
+
 def uvm_errors(found_uvm: bool, found_modprobe: bool, modprobe: str) -> list[str]:
-    """CUDA needs /dev/nvidia-uvm; the units create it with nvidia-modprobe (ExecStartPre) when it is missing."""
-    if found_uvm or found_modprobe:
+    """CUDA needs /dev/nvidia-uvm. Libcuda creates it through the setuid nvidia-modprobe, which the engines' sandbox
+    (NoNewPrivileges=) cannot run, so the units run the helper privileged first (ExecStartPre): it must exist, since
+    a node present now may be gone after a reboot. `modprobe` empty: the host makes the node at boot itself."""
+    if not modprobe:
+        if found_uvm:
+            return []
+        return [
+            "/dev/nvidia-uvm does not exist and llm_router_nvidia_modprobe is empty, so nothing creates it: CUDA "
+            "cannot start in the engines' sandbox. Fix: install nvidia-modprobe and set llm_router_nvidia_modprobe to "
+            "it, or load nvidia-uvm and create its node at boot."
+        ]
+    if found_modprobe:
         return []
     return [
-        f"Neither /dev/nvidia-uvm nor {modprobe} exists: CUDA cannot start in the engines' sandbox (NoNewPrivileges "
-        "forbids the setuid helper that creates the node). Fix: install nvidia-modprobe (apt install nvidia-modprobe) "
-        "or set llm_router_nvidia_modprobe to where it is, or load nvidia-uvm and create its node at boot."
+        f"{modprobe} not found: the engine units run it (as root, ExecStartPre) so that /dev/nvidia-uvm exists after a "
+        "reboot, which CUDA in the sandbox (NoNewPrivileges) cannot create itself. Fix: apt install nvidia-modprobe, "
+        "or set llm_router_nvidia_modprobe to where it is, or to '' if the host creates the node at boot."
     ]
 
 
