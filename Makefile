@@ -37,8 +37,8 @@ demo: $(STAMP) llama-server
 	$(BIN)/llm-router serve --config $(DEMO_DIR)/config.yml
 
 lint: $(STAMP)
-	$(BIN)/ruff check router_app tests roles molecule bench
-	$(BIN)/ruff format --check router_app tests roles molecule bench
+	$(BIN)/ruff check router_app tests roles molecule bench scripts
+	$(BIN)/ruff format --check router_app tests roles molecule bench scripts
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint --offline --profile production
 	$(BIN)/ansible-playbook site.yml -i inventories/example --syntax-check
 	$(BIN)/ansible-playbook site.yml -i inventories/local --syntax-check

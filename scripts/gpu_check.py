@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -36,8 +37,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +88,12 @@ def sha256(path: Path) -> str:
 
 def mib(value: float | None) -> str:
     return "?" if value is None else f"{value / MiB:.0f} MiB"
+
+
+@functools.cache
+def gpu_smoke() -> ModuleType:
+    """scripts/gpu_smoke.py (its HTTP helper)."""
+    return load_module("gpu_smoke", Path(__file__).with_name("gpu_smoke.py"))
 
 
 def load_module(name: str, path: Path) -> ModuleType:
@@ -667,22 +672,8 @@ class Router:
         )  # same process group: a hard kill of the check takes the router along (and its engines: PDEATHSIG)
 
     def http(self, method: str, path: str, body: Any = None, key: str = "", timeout: float = 600) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if key:
-            request.add_header("Authorization", f"Bearer {key}")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            return 0, str(exc)
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        """(status, parsed JSON or text) of one call to the router (gpu_smoke.http: standard library only)."""
+        return gpu_smoke().http(method, self.base + path, body, key, timeout)
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline, delay = time.monotonic() + timeout, 0.05

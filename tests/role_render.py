@@ -6,12 +6,13 @@ rendered with jinja2, Ansible's own filter and test plugins, and `trim_blocks` o
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import jinja2
+
+from tests.modules import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLE = ROOT / "roles/llm_router"
@@ -32,11 +33,7 @@ PATHS = {
 
 def load_filter(name: str) -> ModuleType:
     """A filter_plugins module by file path (roles/llm_router/filter_plugins/<name>.py)."""
-    spec = importlib.util.spec_from_file_location(name, ROLE / f"filter_plugins/{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(ROLE / f"filter_plugins/{name}.py")
 
 
 models_f = load_filter("llm_router_models")

@@ -92,31 +92,24 @@ class EngineAdapter:
     async def probe_generation(self) -> Health:
         """A 1-token generation: proves the model really answers (not just the HTTP server)."""
         body = {"model": self.model.engine_name, "prompt": "Hi", "max_tokens": 1, "temperature": 0}
-        try:
-            response = await self.client.post(
-                self.openai_base + "/completions", json=body, headers=self.auth_headers(), timeout=120.0
-            )
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
-            return Health.NOT_YET
-        if response.status_code in _LOADING_STATUSES:
-            return Health.NOT_YET
-        if response.status_code != 200:
-            raise EngineError(f"1-token probe answered {response.status_code}: {response.text[:300]}")
-        return Health.READY
+        return await self._probe(body, "1-token probe", read_s=120.0)
 
     async def probe_sampled(self) -> Health:
-        """One sampled generation (SAMPLED_PROBE) after a cold load."""
-        body = {"model": self.model.engine_name, **SAMPLED_PROBE}
+        """One sampled generation (SAMPLED_PROBE) after a cold load; no timeout of its own (it may compile)."""
+        return await self._probe({"model": self.model.engine_name, **SAMPLED_PROBE}, "sampled probe", read_s=None)
+
+    async def _probe(self, body: dict[str, object], what: str, read_s: float | None) -> Health:
+        """POST /completions: READY on 200, NOT_YET while the engine still loads, EngineError otherwise."""
         try:
             response = await self.client.post(
-                self.openai_base + "/completions", json=body, headers=self.auth_headers(), timeout=None
+                self.openai_base + "/completions", json=body, headers=self.auth_headers(), timeout=read_s
             )
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
             return Health.NOT_YET
         if response.status_code in _LOADING_STATUSES:
             return Health.NOT_YET
         if response.status_code != 200:
-            raise EngineError(f"sampled probe answered {response.status_code}: {response.text[:300]}")
+            raise EngineError(f"{what} answered {response.status_code}: {response.text[:300]}")
         return Health.READY
 
     async def asleep(self) -> bool | None:

@@ -6,28 +6,19 @@ cannot do arithmetic and their timings mean nothing, so the answer and wake-rati
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import fake_model
+from tests.modules import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "sk-smoke-admin-test"
 
 
-def _smoke():
-    spec = importlib.util.spec_from_file_location("gpu_smoke", ROOT / "scripts/gpu_smoke.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_smoke"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-smoke = _smoke()
+smoke = load_script("gpu_smoke")
 
 
 def sleeper(kind: str, tmp_path: Path, *extra: str) -> dict:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.modules import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("check_engines", ROOT / "scripts/check_engines.py")
-assert _spec and _spec.loader
-ce = sys.modules["check_engines"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ce)
+ce = load_script("check_engines")
 
 LANES = ce.load_lanes(ce.LANES_FILE)
 SUPPORTED_PYTHONS = {"3.10", "3.11", "3.12"}  # Ubuntu 22.04, Debian 12, Ubuntu 24.04

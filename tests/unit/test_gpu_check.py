@@ -5,9 +5,7 @@ sizes the models so that two fit on the GPU and three do not."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import jinja2
@@ -16,20 +14,13 @@ import yaml
 
 from router_app.config import load_config
 from router_app.memory import estimate_footprint
+from tests.modules import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024**2
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts/gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-gc = _load()
+gc = load_script("gpu_check")
 
 
 # --- the role's CMake arguments ------------------------------------------------------------------------------------

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.modules import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _smoke():
-    spec = importlib.util.spec_from_file_location("gpu_smoke", ROOT / "scripts/gpu_smoke.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_smoke"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-smoke = _smoke()
+smoke = load_script("gpu_smoke")
 
 # A sleep/wake that did its job: same process, no integrity restart, wake a small share of the cold load.
 GOOD = smoke.Measured(

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from router_app.config import parse_config
+from tests.modules import load_module, load_script
 from tests.role_render import PATHS, ROLE, load_filter, models_f, normalize, render  # models_f: normalisation, ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -618,10 +617,7 @@ def test_probed_pythons() -> None:
 
 def test_gpu_smoke_inventory_is_valid() -> None:
     """scripts/gpu_smoke.py's models pass the role's filter and sleep only where the engine can."""
-    spec = importlib.util.spec_from_file_location("gpu_smoke", ROOT / "scripts/gpu_smoke.py")
-    smoke = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_smoke"] = smoke  # dataclasses look their module up
-    spec.loader.exec_module(smoke)
+    smoke = load_script("gpu_smoke")
     entries = [s.entry for s in smoke.smoke_models(Path("/srv/llm-models/smoke"))]
     models = normalize(entries)
     assert [m["backend"] for m in models] == ["llamacpp", "sglang", "vllm", "tabbyapi", "tabbyapi"]
@@ -882,10 +878,7 @@ def test_shipped_inventories_pass_the_schema() -> None:
     example = yaml.safe_load((ROOT / "inventories/example/group_vars/llm_router.yml").read_text())
     for key in ("llm_router_models_hopper", "llm_router_models_blackwell"):
         assert schema.model_errors(example[key], "cuda", 2, True) == [], key
-    spec = importlib.util.spec_from_file_location("gpu_smoke", ROOT / "scripts/gpu_smoke.py")
-    smoke = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_smoke"] = smoke
-    spec.loader.exec_module(smoke)
+    smoke = load_script("gpu_smoke")
     entries = [s.entry for s in smoke.smoke_models(Path("/srv/llm-models/smoke"))]
     assert schema.model_errors(entries, "cuda", 1, True) == []
 
@@ -1053,9 +1046,7 @@ def test_engine_key_paths_keep_revisions_stable_and_the_middleware_module_loads(
     vLLM imports (files/llm_router_engine_auth.py) refuses to start without a key rather than leave vLLM open."""
     fleet = [{"id": "a", "backend": "llamacpp", "model": "/srv/a.gguf"}, {"id": "v", "backend": "vllm", "model": "/v"}]
     assert revisions(fleet) == revisions(fleet)
-    spec = importlib.util.spec_from_file_location("auth", ROLE / "files/llm_router_engine_auth.py")
-    auth = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(auth)
+    auth = load_module(ROLE / "files/llm_router_engine_auth.py", "auth")
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
     with pytest.raises(RuntimeError, match="VLLM_API_KEY is empty"):
         auth.RequireKey(lambda *a: None)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from router_app.config import parse_config
+from tests.role_render import load_filter
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "llm_router_fleet", ROOT / "roles/llm_router/filter_plugins/llm_router_fleet.py"
-)
-fleet = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fleet)
+fleet = load_filter("llm_router_fleet")
 
 HOSTVARS = {
     "gpu-1": {"ansible_host": "10.0.0.1"},
