@@ -20,7 +20,7 @@ help:
 	@echo "make gpu-smoke - on a real NVIDIA host: converge the role, one small model per engine (not in test)"
 	@echo "make gpu-check-bundle - .gpu-check/ (llama.cpp source + router wheels, <64 MiB) for scripts/gpu_check.sh on a lent GPU machine"
 	@echo "make gpu-check-cpu - rehearse scripts/gpu_check.sh here on the CPU llama-server (~20 s)"
-	@echo "make check-cuda-build - compile the role's llama.cpp CUDA build (sm_90, sm_120a) here, ~1 h on 2 cores (not in test)"
+	@echo "make check-cuda-build - compile the role's llama.cpp CUDA build (sm_90, sm_120a) here, 1-2 h on 2 cores (not in test)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -107,7 +107,7 @@ bench: $(STAMP) llama-server
 
 # The role's llama.cpp CUDA build (sm_90 + sm_120a, its own rendered script and arguments) compiled with this machine's
 # nvcc, cuBLAS from PyPI and a libcuda link stub; cached by build id in ~/.cache/llm-router/cuda-build. Not part of
-# `make test` (~1 h on 2 cores). CUDA_BUILD_ARGS=--smoke: configure + two objects (~1 min). docs/provisioning.md.
+# `make test` (1-2 h on 2 cores). CUDA_BUILD_ARGS=--smoke: configure + two objects (1-3 min). docs/provisioning.md.
 .PHONY: check-cuda-build
 check-cuda-build: $(STAMP) llama-server
 	PYTHON=$(BIN)/python scripts/check-cuda-build.sh $(CUDA_BUILD_ARGS)

@@ -123,8 +123,10 @@ def fake_toolkit(root: Path, version: str, files: bool) -> Path:
     if files:
         for name in (
             "include/cuda_runtime.h",
+            "include/nv/target",
             "include/cublas_v2.h",
             "lib64/libcublas.so",
+            "lib64/libcublasLt.so",
             "lib64/libcudart.so",
             "lib64/stubs/libcuda.so",
         ):
@@ -157,7 +159,8 @@ def test_llamacpp_cuda_build_needs_cublas_and_cuda_needs_uvm(tmp_path: Path) -> 
         assert result.returncode != 0
         out = result.stdout
         assert "llama.cpp's CUDA build links with more than nvcc, and the toolkit at" in out, out[-3000:]
-        assert "install cuda-cudart-dev-13-0 cuda-driver-dev-13-0 libcublas-dev-13-0 from NVIDIA's" in out
+        packages = "cuda-cccl-13-0 cuda-cudart-dev-13-0 cuda-driver-dev-13-0 libcublas-dev-13-0"
+        assert f"install {packages} from NVIDIA's" in out
         full = fake_toolkit(tmp_path / "cuda-full", "13.0", files=True)
         result = preflight(tmp_path, **host, llm_router_cuda_home=str(full))
         assert result.returncode != 0

@@ -70,6 +70,8 @@ def test_the_driver_must_run_what_the_toolkit_builds() -> None:
         ("cuda_runtime_header", "cuda-cudart-dev-13-0"),
         ("cublas_header", "libcublas-dev-13-0"),
         ("cublas_lib", "libcublas-dev-13-0"),
+        ("cublaslt_lib", "libcublas-dev-13-0"),
+        ("cccl_header", "cuda-cccl-13-0"),
         ("cudart_lib", "cuda-cudart-dev-13-0"),
         ("driver_lib", "cuda-driver-dev-13-0"),
     ],

@@ -26,13 +26,23 @@ TOOLKIT_FILES = {
     "cuda_runtime_header": ("the CUDA runtime headers (cuda_runtime.h)", "cuda-cudart-dev-{ver}"),
     "curand_header": ("the cuRAND headers (curand_kernel.h)", "libcurand-dev-{ver}"),
     "cublas_header": ("the cuBLAS headers (cublas_v2.h)", "libcublas-dev-{ver}"),
-    "cublas_lib": ("the cuBLAS libraries (libcublas.so, libcublasLt.so)", "libcublas-dev-{ver}"),
+    "cublas_lib": ("the cuBLAS library (libcublas.so)", "libcublas-dev-{ver}"),
+    "cublaslt_lib": ("the cuBLASLt library (libcublasLt.so)", "libcublas-dev-{ver}"),
+    "cccl_header": ("CCCL (nv/target, which cuda_fp16.h includes)", "cuda-cccl-{ver}"),
     "cudart_lib": ("the CUDA runtime library (libcudart.so)", "cuda-cudart-dev-{ver}"),
     "driver_lib": ("the CUDA driver library to link (libcuda.so: stubs/ or the driver's)", "cuda-driver-dev-{ver}"),
 }
 # The llama.cpp CUDA build (b11312 ggml/src/ggml-cuda/CMakeLists.txt:160-184, without GGML_STATIC: CUDA::cudart,
 # CUDA::cublas, and CUDA::cuda_driver unless GGML_CUDA_NO_VMM).
-LLAMACPP_NEEDS = ("cuda_runtime_header", "cublas_header", "cublas_lib", "cudart_lib", "driver_lib")
+LLAMACPP_NEEDS = (
+    "cuda_runtime_header",
+    "cccl_header",
+    "cublas_header",
+    "cublas_lib",
+    "cublaslt_lib",
+    "cudart_lib",
+    "driver_lib",
+)
 # FlashInfer's JIT (SGLang): sampling.cuh includes curand.h, curand_kernel.h, curand_philox4x32_x.h (flashinfer 0.7.2
 # data/include/flashinfer/sampling.cuh:20-22); modules compile against $cuda_home/include and link
 # -L$cuda_home/lib64 -L$cuda_home/lib64/stubs -lcudart -lcuda (jit/cpp_ext.py:136-153, 275-278).
@@ -60,6 +70,8 @@ def toolkit_candidates(cuda_home: str) -> dict[str, list[str]]:
         "curand_header": [f"{d}/curand_kernel.h" for d in includes],
         "cublas_header": [f"{d}/cublas_v2.h" for d in includes],
         "cublas_lib": [f"{d}/libcublas.so" for d in libs],
+        "cublaslt_lib": [f"{d}/libcublasLt.so" for d in libs],
+        "cccl_header": [f"{d}/{sub}nv/target" for d in includes for sub in ("", "cccl/")],
         "cudart_lib": [f"{d}/libcudart.so" for d in libs],
         "driver_lib": [f"{cuda_home}/lib64/stubs/libcuda.so", f"{targets}/lib/stubs/libcuda.so"]
         + [f"{d}/libcuda.so" for d in libs],
