@@ -385,7 +385,8 @@ def test_model_unit_sets_no_device_policy() -> None:
     249 (Ubuntu 22.04) ProtectClock=yes is one: it adds DeviceAllow=char-rtc r, and with DevicePolicy=auto any
     allow entry closes every other device (systemd v249.11 src/core/unit.c:4120-4124, src/core/cgroup.c:1145-1148;
     fixed in v252 by 63857bf4; engine-audit-2 #1). PrivateDevices= hides them, DevicePolicy=closed/strict and
-    DeviceAllow= close the rest. Molecule opens NVIDIA device nodes inside the unit (molecule/default/verify.yml)."""
+    DeviceAllow= close the rest. Molecule opens NVIDIA device nodes inside the unit
+    (molecule/default/verify_sandbox.yml)."""
     keys = {line.split("=", 1)[0] for line in model_unit() if "=" in line and not line.startswith("#")}
     assert keys.isdisjoint({"ProtectClock", "PrivateDevices", "DevicePolicy", "DeviceAllow", "RootImage"}), keys
 
