@@ -166,15 +166,38 @@ def test_preload_and_pinned_models_load_at_start_and_pinned_ones_are_never_evict
     assert sorted(router.health()["current"]) == ["tiny-a", "tiny-c"]
 
 
-def test_a_load_nobody_waits_for_is_cancelled(start_router, three) -> None:
-    router = start_router([slow(three[0], 30)])
-    body = {"model": "tiny-a", "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+def gated(model: dict, gate: Path) -> dict:
+    """The same engine, started only once `gate` is gone: a load that lasts exactly as long as a test needs."""
+    wait = f'while [ -e "{gate}" ]; do sleep 0.05; done && exec "$0" "$@"'
+    return {**model, "command": ["sh", "-c", wait, *model["command"]]}
+
+
+def leave_during_load(router, model: str) -> int:
+    """A streamed chat whose client leaves once the load is under way; returns the pid of the gated engine."""
+    body = {"model": model, "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
     with httpx.stream("POST", router.url + "/v1/chat/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
         lines = response.iter_lines()  # kept: a dropped iterator would close the stream (the client "leaves")
         next(lines)  # the first status event: the load is under way
-        wait_until(lambda: states(router)["tiny-a"] == "starting", "load started")
-        pid = next(p.pid for p in psutil.Process(router.proc.pid).children(recursive=True) if "sleep" in p.name())
+        wait_until(lambda: states(router)[model] == "starting", "load started")
+        return next(p.pid for p in psutil.Process(router.proc.pid).children(recursive=True) if p.name() == "sh")
+
+
+def test_a_load_nobody_waits_for_is_cancelled_unless_it_is_the_first(start_router, three, tmp_path) -> None:
+    """A first load compiles and downloads what later loads find cached, so it finishes even when its client
+    leaves; a later load nobody waits for any more is cancelled and its engine stopped."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    router = start_router([gated(three[0], gate)])
+    leave_during_load(router, "tiny-a")
+    gate.unlink()  # had the first load been cancelled, the engine would be gone and tiny-a would stay stopped
+    wait_until(lambda: states(router)["tiny-a"] == "ready", "first load finished without its client")
+    assert not any("cancelled: every waiting client left" in line for line in router.log)
+
+    unloaded = httpx.post(router.url + "/models/unload", json={"model": "tiny-a"}, timeout=30)
+    assert unloaded.json() == {"success": True}
+    gate.touch()
+    pid = leave_during_load(router, "tiny-a")
     wait_until(lambda: states(router)["tiny-a"] == "stopped", "load cancelled", timeout=20)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert any("cancelled: every waiting client left" in line for line in router.log)
