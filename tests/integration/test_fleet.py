@@ -149,15 +149,15 @@ def test_a_peer_that_never_answers_costs_its_timeout_once(
     try:
         router = start_router(
             [llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "tiny-a")],
-            peers=[{"name": "hung", "url": f"http://127.0.0.1:{hole.getsockname()[1]}", "timeout_s": 1.5}],
+            peers=[{"name": "hung", "url": f"http://127.0.0.1:{hole.getsockname()[1]}", "timeout_s": 4}],
             peer_refresh_s=0.1,
         )
         first = httpx.get(router.url + "/v1/models", timeout=30)
         assert [m["id"] for m in first.json()["data"]] == ["tiny-a"]
-        assert first.elapsed.total_seconds() >= 1.4
-        for _ in range(3):
-            again = httpx.get(router.url + "/v1/models", timeout=30)
-            assert again.status_code == 200 and again.elapsed.total_seconds() < 1.0, again.elapsed
+        assert first.elapsed.total_seconds() >= 4, "the first listing waited for the peer"
+        for _ in range(3):  # a listing that waited for the peer again would end this client's timeout first
+            again = httpx.get(router.url + "/v1/models", timeout=2)
+            assert [m["id"] for m in again.json()["data"]] == ["tiny-a"]
         peer = router.health()["peers"][0]
         assert not peer["reachable"] and "Timeout" in peer["error"]
     finally:

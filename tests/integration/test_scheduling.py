@@ -5,7 +5,6 @@ test needs exact arithmetic and learned from the engines' resident memory where 
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,23 +54,22 @@ def budget(capacity: str) -> dict:
     return {"memory": {"source": "declared", "devices": {"cpu": capacity}}}
 
 
-def test_no_stall_after_switches_with_many_clients(start_router, llama_server_bin, models_dir) -> None:
+def test_no_idle_connection_to_llama_server_after_switches_with_many_clients(
+    start_router, llama_server_bin, models_dir
+) -> None:
     """The 5 s stalls: idle pooled keep-alive connections pinned llama-server's HTTP threads (cpp-httplib parks a
     thread 5 s on an idle connection), so requests granted right after a switch waited 5 s for a thread. The
-    router now keeps no idle connection to llama-server."""
+    router now keeps no idle connection to llama-server; the stall's cost is measured by `make bench`, not here."""
     models = [llama_model(llama_server_bin, models_dir / f"tiny-{x}.gguf", f"tiny-{x}", ctx=512) for x in ("a", "b")]
     router = start_router(models, fairness_s=0.5)
 
-    def one(i: int) -> float:
-        started = time.monotonic()
+    def one(i: int) -> None:
         response = chat(router.url, ("tiny-a", "tiny-b")[(i * 7919) % 3 % 2], max_tokens=4 + i % 8)
         assert response.status_code == 200, response.text
-        return time.monotonic() - started
 
     with ThreadPoolExecutor(16) as pool:
-        latencies = list(pool.map(one, range(96)))
+        list(pool.map(one, range(96)))
     assert metric(router.url, "llm_router_switches_total", outcome="ok") >= 2, "the workload must switch"
-    assert max(latencies) < 4.5, f"a request took {max(latencies):.2f} s: the 5 s stall is back"
     resident = router.health()["current"][0]
     port = router.engine_port(resident)
     idle = [c for c in psutil.net_connections("tcp") if c.raddr and c.raddr.port == port and c.status == "ESTABLISHED"]
@@ -123,10 +121,10 @@ def test_victims_idle_before_busy_and_cheapest_to_reload_first(start_router, lla
 def test_a_model_that_can_never_fit_fails_at_once_with_sizes(start_router, three) -> None:
     models = [{**three[0], "memory": "100MiB"}, {**three[1], "memory": "300MiB"}]
     router = start_router(models, **budget("250MiB"))
-    started = time.monotonic()
     response = chat(router.url, "tiny-b")
-    assert time.monotonic() - started < 2
     assert response.status_code == 503
+    assert states(router)["tiny-b"] == "stopped", "refused before any load was tried"
+    assert not psutil.Process(router.proc.pid).children(recursive=True), "no engine was started for it"
     error = response.json()["error"]
     assert error["code"] == "model_too_large"
     assert "300 MiB" in error["message"] and "250 MiB" in error["message"]
@@ -207,8 +205,11 @@ def test_progress_says_how_long_a_load_takes_from_recorded_loads(start_router, t
     router = start_router([slow(three[0], 1.5), three[1]])
     assert chat(router.url, "tiny-a").status_code == 200  # first load: recorded
     assert chat(router.url, "tiny-b").status_code == 200
+    recorded = next(m["median_load_s"] for m in router.health()["models"] if m["id"] == "tiny-a")
+    assert recorded >= 1.5, "the first load, with its 1.5 s start delay, was recorded"
     body = {"model": "tiny-a", "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
     with httpx.stream("POST", router.url + "/v1/chat/completions", json=body, timeout=60) as response:
         events = [json.loads(p) for p in sse_events(response.iter_lines()) if p != "[DONE]"]
     lines = [e["event"]["data"]["description"] for e in events if "event" in e]
-    assert any(line.startswith("Loading tiny-a… ") and " of ~2 s" in line for line in lines), lines
+    estimate = f" of ~{max(recorded, 1):.0f} s"
+    assert any(line.startswith("Loading tiny-a… ") and estimate in line for line in lines), (estimate, lines)

@@ -12,7 +12,6 @@ import asyncio
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -128,13 +127,12 @@ def test_nondeterministic_engine_leaves_the_fingerprint_unknown(start_router, tm
 def test_tabbyapi_failed_load_fails_the_switch_at_once(start_router, tmp_path) -> None:
     message = "CUDA out of memory. Tried to allocate 1.50 GiB"
     router = start_router(sleepers("tabbyapi", tmp_path, ("--fail-load", message), load_timeout_s=600))
-    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
+    # The load timeout is 600 s: a failure that waited for it would end the client's 60 s, not this 503.
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     ask(client, "a")
     ask(client, "b")
-    started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as failed:
         ask(client, "a")
-    assert time.monotonic() - started < 30, "fails on the error event, not after load_timeout_s (600 s)"
     assert failed.value.status_code == 503 and f"TabbyAPI load of Model-a failed: {message}" in str(failed.value)
     health = model_health(router, "a")
     assert health["state"] == "failed" and message in health["last_error"]
