@@ -34,9 +34,8 @@ def test_escape_matches_systemd_escape(name: str) -> None:
     assert systemd_escape(name) == ESCAPED[name]
     binary = shutil.which("systemd-escape")
     if binary:
-        assert subprocess.run([binary, "--", name], capture_output=True, text=True, check=True).stdout.strip() == (
-            ESCAPED[name]
-        )
+        answer = subprocess.run([binary, "--", name], capture_output=True, text=True, check=True)
+        assert answer.stdout.strip() == ESCAPED[name]
 
 
 def test_default_unit_name() -> None:
