@@ -17,6 +17,7 @@ help:
 	@echo "make check-engine-code - vLLM/SGLang parsers on every rendered argv, real vLLM (CPU) behind the router (part of make test)"
 	@echo "make check-engine-code-lanes - the same parser checks for the older engine lanes (vLLM 0.19.1, SGLang 0.5.10.post1)"
 	@echo "make bench  - benchmarks; writes docs/benchmarks.md"
+	@echo "make mutation - mutmut over the pure scheduling policy; fails below a 90 % score (not in test)"
 	@echo "make gpu-smoke - on a real NVIDIA host: converge the role, one small model per engine (not in test)"
 	@echo "make gpu-check-bundle - .gpu-check/ (llama.cpp source + router wheels, <64 MiB) for scripts/gpu_check.sh on a lent GPU machine"
 	@echo "make gpu-check-cpu - rehearse scripts/gpu_check.sh here on the CPU llama-server (~20 s)"
@@ -60,6 +61,16 @@ molecule: $(STAMP) llama-server
 		MOLECULE_MODELS_DIR="$$models" ANSIBLE_HOME="$(CURDIR)/.ansible" \
 		MOLECULE_EPHEMERAL_DIRECTORY="$(CURDIR)/.ansible/molecule/default"; \
 	molecule test -s default; rc=$$?; rm -rf "$$models"; exit $$rc
+
+# Mutation testing of the pure scheduling policy (scheduler.py, placement.py, scheduling.py) against its unit
+# tests, with mutmut; not in `make test` (~20 min on 2 cores). The score and every survivor: docs/architecture.md.
+.PHONY: mutation
+mutation: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[mutation]'
+	rm -rf mutants
+	HYPOTHESIS_PROFILE=mutation $(BIN)/mutmut run
+	$(BIN)/mutmut export-cicd-stats
+	$(BIN)/python scripts/mutation_score.py --min 90
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q

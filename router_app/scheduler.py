@@ -42,6 +42,7 @@ class _Model:
     cancelling: bool = False  # its load was cancelled; requests that came since wait for a fresh one
     retiring: bool = False  # removed or replaced by a config reload: evicted as soon as it can be
     evict_reason: str = ""  # why it is draining
+    stopping: bool = False  # evicted (or draining) to stop, not to sleep
 
 
 _FULL = (Phase.PENDING, Phase.LOADING, Phase.READY)
@@ -145,7 +146,7 @@ class Scheduler:
         state.last_used = now
         effects: list[Effect] = []
         if state.phase is Phase.DRAINING:
-            effects += self._evict(state, state.evict_reason or "drained")
+            effects += self._evict(state, state.evict_reason or "drained", state.stopping)
         return effects + self._plan(now)
 
     def cancel(self, request_id: int, now: float) -> list[Effect]:
@@ -220,6 +221,7 @@ class Scheduler:
             return []
         if state.inflight:
             state.phase, state.draining_since, state.evict_reason = Phase.DRAINING, now, reason
+            state.stopping = False
             return []
         return self._evict(state, reason)
 
@@ -235,7 +237,10 @@ class Scheduler:
                 and self.drain_timeout_s is not None
                 and now - state.draining_since >= self.drain_timeout_s
             ):
-                effects += self._evict(state, f"{state.inflight} request(s) still running after drain timeout")
+                # Requests cut at the bound may still run in the engine: a sleep would release memory under them
+                # (SGLang 0.5.23 asserts an idle scheduler, weight_updater.py:339-341), so it stops.
+                reason = f"{state.inflight} request(s) still running after drain timeout"
+                effects += self._evict(state, reason, stop=True)
         return effects + self._plan(now)
 
     def set_footprint(self, model: str, footprint: int | None, sleep_footprint: int | None = None) -> None:
@@ -330,9 +335,9 @@ class Scheduler:
             state.inflight += 1
         return Grant(request_id, model)
 
-    def _evict(self, state: _Model, reason: str) -> list[Effect]:
-        state.phase = Phase.EVICTING
-        return [Evict(state.spec.id, reason)]
+    def _evict(self, state: _Model, reason: str, stop: bool = False) -> list[Effect]:
+        state.phase, state.stopping = Phase.EVICTING, stop
+        return [Evict(state.spec.id, reason, stop)]
 
     def _units(self, state: _Model, device: str, resident: bool) -> int:
         capacity = self.devices.get(device)
@@ -369,12 +374,12 @@ class Scheduler:
             return 0
         if state.phase in _FULL:
             return self._units(state, device, True)
-        if state.phase is Phase.SLEEPING or (state.phase in _LEAVING and state.spec.sleeps):
+        if state.phase is Phase.SLEEPING or (state.phase in _LEAVING and state.spec.sleeps and not state.stopping):
             return self._units(state, device, False)
         return 0
 
-    def _after_evict(self, state: _Model, device: str) -> int:
-        return self._units(state, device, False) if state.spec.sleeps else 0
+    def _after_evict(self, state: _Model, device: str, stop: bool = False) -> int:
+        return self._units(state, device, False) if state.spec.sleeps and not stop else 0
 
     def _capacity(self, device: str) -> int:
         return units(self.devices.get(device), None)[0]
@@ -434,25 +439,16 @@ class Scheduler:
             state.blocked_by = ()
             return []
         forced = [o for o in same_group if o.phase is Phase.READY and not o.spec.pinned]
-        needed: dict[str, int] = {}
-        for device in state.spec.devices:
-            projected = sum(self._projected(o, device) for o in self._models.values() if o is not state)
-            projected -= sum(self._projected(o, device) - self._after_evict(o, device) for o in forced)
-            needed[device] = self._units(state, device, True) - (self._capacity(device) - projected)
-        candidates = [
-            Candidate(
-                model=o.spec.id,
-                frees={d: self._projected(o, d) - self._after_evict(o, d) for d in o.spec.devices}
-                if o.phase is Phase.READY
-                else {d: self._projected(o, d) for d in o.spec.devices},
-                busy=o.inflight > 0,
-                reload_cost_s=o.reload_cost_s,
-                last_used=o.last_used,
-            )
+        evictable = [
+            o
             for o in self._models.values()
             if o is not state and o not in forced and not o.spec.pinned and o.phase in (Phase.READY, Phase.SLEEPING)
         ]
-        chosen = choose_victims(needed, candidates)
+        stop = False
+        chosen = self._victims(state, forced, evictable, stop)
+        if chosen is None:  # a sleeper's sleep footprint is in the way: stopping instead of sleeping may do
+            stop = True
+            chosen = self._victims(state, forced, evictable, stop)
         if chosen is None:
             state.blocked_by = ()
             moving = (Phase.PENDING, Phase.LOADING, Phase.DRAINING, Phase.EVICTING)
@@ -478,10 +474,38 @@ class Scheduler:
         for victim in victims:
             if victim.phase is Phase.READY and victim.inflight:
                 victim.phase, victim.draining_since, victim.evict_reason = Phase.DRAINING, now, reason
+                victim.stopping = stop
             else:
-                effects += self._evict(victim, reason)
+                effects += self._evict(victim, reason, stop and victim.phase is Phase.READY)
         state.phase, state.victims = Phase.PENDING, tuple(v.spec.id for v in victims)
         return effects + self._start_if_free(state)
+
+    def _victims(
+        self, state: _Model, forced: list[_Model], evictable: list[_Model], stop: bool
+    ) -> list[Candidate] | None:
+        """The models to evict besides `forced` so that `state` fits, or None (`stop`: sleepers are stopped)."""
+        needed: dict[str, int] = {}
+        for device in state.spec.devices:
+            projected = sum(self._projected(o, device) for o in self._models.values() if o is not state)
+            projected -= sum(self._projected(o, device) - self._after_evict(o, device, stop) for o in forced)
+            needed[device] = self._units(state, device, True) - (self._capacity(device) - projected)
+        return choose_victims(needed, self._candidates(evictable, stop))
+
+    def _candidates(self, evictable: list[_Model], stop: bool) -> list[Candidate]:
+        """What evicting each model would free per device: a ready sleeper keeps its sleep footprint unless it
+        is stopped; a sleeping one frees it."""
+        return [
+            Candidate(
+                model=o.spec.id,
+                frees={d: self._projected(o, d) - self._after_evict(o, d, stop) for d in o.spec.devices}
+                if o.phase is Phase.READY
+                else {d: self._projected(o, d) for d in o.spec.devices},
+                busy=o.inflight > 0,
+                reload_cost_s=o.reload_cost_s,
+                last_used=o.last_used,
+            )
+            for o in evictable
+        ]
 
     def _start_if_free(self, state: _Model) -> list[Effect]:
         group = state.spec.group

@@ -56,10 +56,12 @@ class Load:
 
 @dataclass(frozen=True)
 class Evict:
-    """Stop or sleep `model` (it has no requests in flight, unless a drain timed out); report `evict_done`."""
+    """Stop or sleep `model` (it has no requests in flight, unless a drain timed out); report `evict_done`.
+    `stop`: stop it even if it could sleep (its sleep footprint is in the way, or requests may still run in it)."""
 
     model: str
     reason: str
+    stop: bool = False
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,10 @@ class Switcher(StatusReport, Reconfiguration):
             elif isinstance(effect, Evict):
                 self._evicted.setdefault(effect.model, asyncio.Event()).clear()
                 self._spawn(
-                    self._evict(effect.model, effect.reason), f"evict-{effect.model}", self._evictions, effect.model
+                    self._evict(effect.model, effect.reason, effect.stop),
+                    f"evict-{effect.model}",
+                    self._evictions,
+                    effect.model,
                 )
             elif isinstance(effect, CancelLoad):
                 task = self._loads.get(effect.model)
@@ -273,7 +276,9 @@ class Switcher(StatusReport, Reconfiguration):
         log.info("load of %s %s in %.2f s", model, "done" if ok else "FAILED", elapsed)
         self.apply(self.scheduler.load_done(model, ok, reason, self.clock()))
 
-    async def _evict(self, model: str, reason: str) -> None:
+    async def _evict(self, model: str, reason: str, stop: bool) -> None:
+        """Sleep or stop `model` (`stop`: the scheduler wants it stopped, e.g. requests cut at a drain bound may
+        still run in it), then report to the scheduler."""
         runtime = self.runtimes[model]
         log.info("evicting %s: %s", model, reason)
         if self._metrics is not None:
@@ -281,9 +286,6 @@ class Switcher(StatusReport, Reconfiguration):
         try:
             if self._before_evict is not None:
                 await self._before_evict(model)
-            # Requests cut at a drain timeout may still run in the engine; SGLang's memory release asserts an idle
-            # scheduler (0.5.23 weight_updater.py:339-341) and would crash it: stop instead of sleeping.
-            stop = _reason_kind(reason) == "drain_timeout"
             if not stop and runtime.may_sleep and runtime.state is ModelState.READY and runtime.supervisor is not None:
                 # Before the sleep request: a router that dies meanwhile adopts the engine as asleep at its next
                 # start (runtime.inspect), which SGLang cannot tell itself.

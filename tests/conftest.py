@@ -17,6 +17,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from hypothesis import Phase, settings
+
+# `make mutation` runs every mutant against the same examples (derandomized), fewer of them, and does not shrink
+# the failures it finds (a killed mutant only needs one).
+settings.register_profile("mutation", derandomize=True, max_examples=50, phases=[Phase.explicit, Phase.generate])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_ENGINE = ROOT / "tests" / "fakes" / "fake_engine.py"

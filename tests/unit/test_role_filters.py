@@ -210,7 +210,7 @@ def test_sglang_sleep_keeps_weights_in_cpu_backup() -> None:
 
 
 def test_vllm_leaves_room_for_sleeping_neighbours() -> None:
-    """vllm 0.33.0 vllm/v1/worker/utils.py:716-766: start fails when free memory < total x gpu_memory_utilization
+    """vllm 0.32.0 vllm/v1/worker/utils.py:716-766: start fails when free memory < total x gpu_memory_utilization
     (default 0.9); a sleeping SGLang/vLLM on the same GPUs keeps its context and graphs (engine-audit.md #9)."""
     sleeper = {"id": "s", "backend": "sglang", "model": "/m/s", "evict": "sleep", "gpus": "0,1"}
     shared, apart, explicit = normalize(
@@ -523,7 +523,7 @@ def test_tabbyapi_main_lane_follows_driver_and_python() -> None:
 
 
 def test_jammy_engines_use_python_3_11_from_universe() -> None:
-    """vllm 0.33.0 METADATA Requires-Python >=3.11,<3.15; sglang 0.5.23 Requires-Python >=3.11 (engine-audit.md #3)."""
+    """vllm 0.32.0 METADATA Requires-Python >=3.11,<3.15; sglang 0.5.23 Requires-Python >=3.11 (engine-audit.md #3)."""
     result = plan(["vllm", "tabbyapi"], "580.95.05", JAMMY)
     assert result["errors"] == []
     vllm = result["engines"]["vllm"]
@@ -572,7 +572,7 @@ def test_python_specifiers() -> None:
 
 
 def test_venv_specs_and_idempotent_markers() -> None:
-    """vllm 0.33.0 vllm/entrypoints/cli/download_kernels.py: `vllm download-kernels` installs the precompiled kernels
+    """vllm 0.32.0 vllm/entrypoints/cli/download_kernels.py: `vllm download-kernels` installs the precompiled kernels
     it would otherwise download or compile at first start (engine-audit.md #11)."""
     paths = {
         **PATHS,

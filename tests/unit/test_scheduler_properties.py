@@ -29,9 +29,11 @@ class Engine:
     asleep: bool = False  # holds its sleep footprint
     up: bool = False  # finished loading and not being evicted: may serve
     ready_at: float = 0.0
+    idle_since: float = 0.0  # its last request ended (or it became ready)
     last_grant: float = 0.0
     inflight: set[int] = field(default_factory=set)
     cancelled: bool = False
+    stopping: bool = False  # the eviction stops it, even if it could sleep
 
 
 class World:
@@ -101,6 +103,8 @@ class World:
         elif isinstance(effect, Fail):
             model, _ = self.waiting.pop(effect.request_id)
             assert model == effect.model
+            if effect.code == "model_too_large":
+                assert self.never_fits(self.specs[model]), f"{model} refused as too large: {effect.reason}"
             self.answered.add(effect.request_id)
         elif isinstance(effect, Load):
             engine = self.engines[effect.model]
@@ -116,7 +120,7 @@ class World:
                 assert bound is not None and self.now - engine.last_grant >= bound, (
                     f"{effect.model} evicted with {len(engine.inflight)} request(s) in flight before the drain bound"
                 )
-            engine.up = False
+            engine.up, engine.stopping = False, effect.stop
             self.evicting.append(effect.model)
         elif isinstance(effect, CancelLoad):
             assert effect.model in self.loading
@@ -151,6 +155,22 @@ class World:
         specs = list(self.specs.values())
         return all(a is b or (set(a.devices) & set(b.devices) and self.conflict(a, b)) for a in specs for b in specs)
 
+    def never_fits(self, spec: ModelSpec) -> bool:
+        """Whether `spec` can never be awake, whatever else is stopped: pinned models never leave."""
+        pinned = [o for o in self.specs.values() if o.pinned and o is not spec]
+        if any(spec.group is not None and o.group == spec.group for o in pinned):
+            return True
+        for device in spec.devices:
+            capacity, sharing = self.devices[device], [o for o in pinned if device in o.devices]
+            if capacity is None:
+                if sharing:
+                    return True
+                continue
+            own = capacity if spec.footprint is None else spec.footprint
+            if own + sum(capacity if o.footprint is None else min(o.footprint, capacity) for o in sharing) > capacity:
+                return True
+        return False
+
     def conflict(self, a: ModelSpec, b: ModelSpec) -> bool:
         if a.group is not None and a.group == b.group:
             return True
@@ -177,7 +197,10 @@ class World:
 
     def finish_request(self, rid: int) -> None:
         model = self.granted.pop(rid)
-        self.engines[model].inflight.discard(rid)
+        engine = self.engines[model]
+        engine.inflight.discard(rid)
+        if not engine.inflight:
+            engine.idle_since = self.now
         self.answered.add(rid)
         self.apply(self.s.release(rid, self.now))
 
@@ -193,11 +216,11 @@ class World:
             ok = ok and not engine.cancelled
             engine.up, engine.awake = ok, ok
             if ok:
-                engine.ready_at = self.now
+                engine.ready_at = engine.idle_since = self.now
             self.apply(self.s.load_done(model, ok, "failed", self.now))
         else:
             self.evicting.remove(model)
-            slept = self.specs[model].sleeps and engine.awake and not self.sleep_fails
+            slept = self.specs[model].sleeps and engine.awake and not engine.stopping and not self.sleep_fails
             engine.awake, engine.asleep = False, slept
             self.apply(self.s.evict_done(model, slept, self.now))
             self.orphans(model)
@@ -219,7 +242,7 @@ class World:
             self.finish_request(rid)
 
     def advance(self, seconds: float) -> None:
-        """Time passes; the switcher's timer calls tick at every deadline on the way."""
+        """Time passes; the switcher's timer calls tick at every deadline on the way, and only then."""
         target = self.now + seconds
         while (deadline := self.s.next_deadline()) is not None and deadline <= target:
             self.now = max(self.now, deadline)
@@ -227,7 +250,11 @@ class World:
             later = self.s.next_deadline()
             assert later is None or later > self.now, f"deadline {later} still due after tick at {self.now}: a spin"
         self.now = target
-        self.apply(self.s.tick(self.now))
+        for model, spec in self.specs.items():
+            engine = self.engines[model]
+            if spec.ttl_s is not None and not spec.pinned and engine.up and not engine.inflight:
+                idle = self.now - engine.idle_since
+                assert idle <= spec.ttl_s, f"{model} idle for {idle} s, past its ttl of {spec.ttl_s} s"
 
     def step(self, ev: tuple) -> None:
         kind = ev[0]
@@ -312,6 +339,12 @@ def exclusive_worlds(draw: st.DrawFn) -> World:
     return World(specs, {"cpu": None}, fairness_s=draw(st.sampled_from([2.5, 10.0])), drain_timeout_s=None)
 
 
+SLEEPER_IN_THE_WAY = (
+    World(
+        [ModelSpec("m0", ("g0",), 6, sleep_footprint=3, sleeps=True), ModelSpec("m1", ("g0",), 9)], {"g0": 10}, 10, None
+    ),
+    [("request", 0), ("complete", 0, True), ("end", 0, False), ("request", 1)],
+)
 BUSY_THEN_WAIT = [
     ("request", 0),
     ("complete", 0, True),  # m0 ready, its request keeps running
@@ -321,8 +354,9 @@ BUSY_THEN_WAIT = [
 ]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4 * settings.default.max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds(), events)
+@example(*SLEEPER_IN_THE_WAY)
 def test_memory_groups_grants_evictions_and_answers_hold_in_any_world(world: World, steps: list) -> None:
     for ev in steps:
         world.step(ev)
@@ -330,7 +364,7 @@ def test_memory_groups_grants_evictions_and_answers_hold_in_any_world(world: Wor
     assert world.answered == set(range(1, world.next_id + 1)), "every request is granted and ends, or fails"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3 * settings.default.max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(exclusive_worlds(), events)
 @example(World([ModelSpec("m0", ("cpu",)), ModelSpec("m1", ("cpu",))], {"cpu": None}, 10.0, None), BUSY_THEN_WAIT)
 def test_after_the_fairness_bound_the_resident_model_gets_no_new_request(world: World, steps: list) -> None:

@@ -1,0 +1,299 @@
+"""The scheduler's queries, its reconfiguration calls (config reload, learned footprints, adoption at start-up),
+the exact texts of its refusals, and victim choice against a brute-force search."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router_app.placement import Candidate, choose_victims, format_bytes, victim_order
+from router_app.scheduler import CancelLoad, Evict, Fail, Grant, Load, ModelSpec, Phase, Scheduler, Waiting
+
+G = 1024**3
+M = 1024**2
+
+
+def loaded(s: Scheduler, model: str, rid: int, now: float = 0, release: bool = True) -> None:
+    assert s.request(rid, model, now) == [Load(model)]
+    assert s.load_done(model, True, "", now) == [Grant(rid, model)]
+    if release:
+        s.release(rid, now)
+
+
+# --- queries -------------------------------------------------------------------------------------
+
+
+def test_queries_follow_a_switch() -> None:
+    s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6), ModelSpec("b", ("g",), 6), ModelSpec("c", ("x",))])
+    assert s.devices == {"g": 10, "x": None}, "a model's device of unknown size is known from its spec"
+    assert s.manages("a") and not s.manages("remote")
+    assert s.inflight("a") == 0 and s.inflight("remote") == 0
+    loaded(s, "a", 1, release=False)
+    assert s.inflight("a") == 1 and s.resident() == ["a"] and s.used("g") == 6
+    assert s.request(2, "b", 1) == [] and s.phase("b") is Phase.STOPPED
+    assert s.waiting(2) == Waiting("b", Phase.STOPPED, 1, (), (), ("a",))
+    assert s.waiting(99) is None
+    assert s.tick(11) == [] and s.phase("a") is Phase.DRAINING  # the fairness bound (10 s) has passed
+    assert s.waiting(2) == Waiting("b", Phase.PENDING, 1, (("a", 1),), (), ())
+    assert s.release(1, 12) == [Evict("a", "making room for b")]
+    assert s.waiting(2) == Waiting("b", Phase.PENDING, 1, (), ("a",), ())
+    assert s.resident() == []
+    assert s.evict_done("a", False, 13) == [Load("b")]
+    assert s.resident() == ["b"] and s.last_used("a") == 12
+
+
+def test_next_deadline_names_the_earliest_of_ttl_drain_and_fairness() -> None:
+    s = Scheduler({}, [ModelSpec("a", ("g",), ttl_s=30), ModelSpec("b", ("g",))], fairness_s=5, drain_timeout_s=7)
+    assert s.next_deadline() is None
+    loaded(s, "a", 1, now=1)
+    assert s.next_deadline() == 31  # idle since 1, ttl 30
+    s.request(2, "a", 2)
+    assert s.next_deadline() is None  # busy: no ttl
+    s.request(3, "b", 4)
+    assert s.next_deadline() == 9  # b waits since 4, fairness 5
+    assert s.tick(9) == [] and s.phase("a") is Phase.DRAINING
+    assert s.next_deadline() == 16  # drain started at 9, bound 7
+    assert s.tick(16) == [Evict("a", "1 request(s) still running after drain timeout", stop=True)]
+
+
+def test_default_ttl_applies_to_models_without_their_own_and_never_to_pinned_ones() -> None:
+    specs = [ModelSpec("a", ("g",)), ModelSpec("b", ("h",), ttl_s=50), ModelSpec("p", ("k",), pinned=True)]
+    s = Scheduler({}, specs, default_ttl_s=20)
+    for rid, model in enumerate(("a", "b", "p")):
+        loaded(s, model, rid)
+    assert s.tick(20) == [Evict("a", "idle for 20 s (ttl 20 s)")]
+    assert s.tick(50) == [Evict("b", "idle for 50 s (ttl 50 s)")]
+    assert s.tick(10_000) == [] and s.phase("p") is Phase.READY
+
+
+def test_a_drained_model_is_evicted_with_the_reason_it_was_drained_for() -> None:
+    s = Scheduler({}, [ModelSpec("a", ("g",))])
+    loaded(s, "a", 1, release=False)
+    assert s.unload("a", 1) == [] and s.phase("a") is Phase.DRAINING
+    assert s.release(1, 2) == [Evict("a", "unloaded on request")]
+
+
+def test_unload_puts_a_sleeper_out_and_ignores_models_that_are_not_resident() -> None:
+    s = Scheduler({}, [ModelSpec("a", ("g",), sleeps=True)])
+    assert s.unload("a", 0) == [] and s.unload("nope", 0) == []
+    loaded(s, "a", 1)
+    assert s.unload("a", 1) == [Evict("a", "unloaded on request")]
+    assert s.evict_done("a", True, 2) == [] and s.phase("a") is Phase.SLEEPING
+    assert s.unload("a", 3, reason="by hand") == [Evict("a", "by hand")]
+
+
+def test_an_engine_lost_frees_its_memory_and_its_waiters_load_it_again() -> None:
+    s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6), ModelSpec("b", ("g",), 6)])
+    assert s.engine_lost("a", 0) == [] and s.engine_lost("nope", 0) == []  # stopped or unknown: nothing to do
+    loaded(s, "a", 1)
+    assert s.engine_lost("a", 1) == [] and s.phase("a") is Phase.STOPPED and s.used("g") == 0
+    assert s.request(2, "b", 2) == [Load("b")]
+
+
+# --- reconfiguration -------------------------------------------------------------------------------
+
+
+def test_adopted_engines_count_awake_or_asleep() -> None:
+    specs = [ModelSpec("a", ("g",), 6, sleep_footprint=1, sleeps=True), ModelSpec("b", ("g",), 5)]
+    s = Scheduler({"g": 10}, specs)
+    assert s.fits_now("a") and s.fits_now("a", asleep=True)
+    s.adopt("a", 5, asleep=True)
+    assert s.phase("a") is Phase.SLEEPING and s.used("g") == 1 and s.last_used("a") == 5
+    assert s.fits_now("b")
+    s.adopt("b", 6)
+    assert s.phase("b") is Phase.READY and s.used("g") == 6
+    assert not s.fits_now("a") and s.fits_now("a", asleep=True)
+    assert s.request(1, "b", 7) == [Grant(1, "b")]
+
+
+def test_a_learned_footprint_replaces_the_estimate() -> None:
+    s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 30, estimated=True, sleep_footprint=2), ModelSpec("b", ("g",), 4)])
+    s.set_footprint("a", 5)
+    assert s.spec("a") == ModelSpec("a", ("g",), 5, estimated=False, sleep_footprint=2)
+    s.set_footprint("a", 7, sleep_footprint=3)
+    assert s.spec("a").footprint == 7 and s.spec("a").sleep_footprint == 3
+    s.set_footprint("a", None)
+    assert s.spec("a").footprint is None
+    assert s.request(1, "a", 0) == [Load("a")] and s.used("g") == 10  # no footprint: the whole device
+
+
+def test_capacity_reload_cost_and_spec_can_change() -> None:
+    s = Scheduler({"g": 10}, [ModelSpec(m, ("g",), 5) for m in "abc"])
+    loaded(s, "a", 1)
+    loaded(s, "b", 2)
+    s.set_reload_cost("a", 60)
+    assert s.request(3, "c", 5) == [Evict("b", "making room for c")], "b is cheaper to bring back"
+    s.set_capacity("g", 20)
+    assert s.evict_done("b", False, 6) == [Load("c")]
+    s.set_spec(ModelSpec("b", ("g",), 5, pinned=True))
+    assert s.spec("b").pinned
+
+
+def test_a_model_added_by_a_reload_starts_stopped_on_its_devices() -> None:
+    s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6)])
+    s.add(ModelSpec("n", ("h",), 3))
+    assert s.manages("n") and s.phase("n") is Phase.STOPPED and s.devices["h"] is None
+    assert s.request(1, "n", 0) == [Load("n")]
+
+
+def test_rename_keeps_an_engine_its_requests_and_the_waits_on_it() -> None:
+    s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6), ModelSpec("b", ("g",), 6)])
+    loaded(s, "a", 1, release=False)
+    s.request(2, "b", 1)
+    assert s.waiting(2).blocked_by == ("a",)
+    s.rename("a", "a (old)")
+    assert not s.manages("a") and s.phase("a (old)") is Phase.READY and s.inflight("a (old)") == 1
+    assert s.spec("a (old)").id == "a (old)"
+    assert s.waiting(2).blocked_by == ("a (old)",)
+    s.tick(11)
+    assert s.waiting(2).draining == (("a (old)", 1),)
+    assert s.release(1, 12) == [Evict("a (old)", "making room for b")], "the request is counted on the renamed engine"
+
+
+def test_retire_moves_waiters_to_the_successor_or_fails_them() -> None:
+    s = Scheduler({}, [ModelSpec("old", ("g",)), ModelSpec("new", ("h",)), ModelSpec("gone", ("k",))])
+    assert s.request(1, "old", 0) == [Load("old")]
+    s.request(2, "gone", 0)
+    assert s.retire("old", 1, "new") == [CancelLoad("old"), Load("new")]
+    assert s.load_done("new", True, "", 2) == [Grant(1, "new")]
+    assert s.retire("gone", 3, None) == [
+        Fail(2, "gone", "the model was removed from the configuration"),
+        CancelLoad("gone"),
+    ]
+
+
+def test_retire_stops_a_pending_load_and_drains_a_busy_engine() -> None:
+    s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6), ModelSpec("b", ("g",), 6)], fairness_s=0)
+    loaded(s, "a", 1, release=False)
+    assert s.request(2, "b", 1) == [] and s.phase("b") is Phase.PENDING
+    assert s.retire("b", 2, "missing") == [Fail(2, "b", "the model was removed from the configuration")]
+    assert s.phase("b") is Phase.STOPPED and s.waiting(2) is None
+    assert s.phase("a") is Phase.DRAINING  # drained for b, which left: it is still evicted once its request ends
+    assert s.retire("a", 3, None) == [] and s.phase("a") is Phase.DRAINING
+    assert s.release(1, 4) == [Evict("a", "making room for b")]
+
+
+def test_a_retired_load_that_finishes_is_unloaded() -> None:
+    s = Scheduler({}, [ModelSpec("a", ("g",), sleeps=True)])
+    s.request(1, "a", 0)
+    s.cancel(1, 0)  # the load goes on: nobody waits
+    assert s.retire("a", 1, None) == [CancelLoad("a")]
+    assert s.load_done("a", True, "", 2) == [Evict("a", "configuration changed")], "it finished before the cancel"
+
+
+def test_remove_forgets_a_model_and_only_its_own_requests() -> None:
+    s = Scheduler({}, [ModelSpec("a", ("g",)), ModelSpec("b", ("h",))])
+    loaded(s, "a", 1, release=False)
+    loaded(s, "b", 2, release=False)
+    s.remove("a")
+    assert not s.manages("a")
+    assert s.release(1, 1) == []
+    assert s.release(2, 1) == [] and s.inflight("b") == 0
+
+
+def test_a_failed_load_fails_its_waiters_and_a_cancelled_one_restarts_for_late_comers() -> None:
+    s = Scheduler({}, [ModelSpec("a", ("g",))])
+    s.request(1, "a", 0)
+    s.request(2, "a", 0)
+    assert s.load_done("a", False, "boom", 1) == [Fail(1, "a", "boom"), Fail(2, "a", "boom")]
+    assert s.load_done("a", True, "", 2) == [], "no load in progress: nothing to finish"
+    s.request(3, "a", 3)
+    assert s.cancel(3, 3) == [CancelLoad("a")]
+    assert s.load_done("a", False, "cancelled", 4) == [] and s.phase("a") is Phase.STOPPED
+    s.request(4, "a", 5)
+    assert s.load_done("a", True, "", 6) == [Grant(4, "a")]
+    s.request(5, "a", 7)
+    assert s.cancel(5, 7) == [] and s.inflight("a") == 1 and s.cancel(4, 8) == [] and s.inflight("a") == 0
+
+
+# --- refusals, word for word -------------------------------------------------------------------------
+
+
+def test_refusals_name_sizes_devices_and_pinned_models() -> None:
+    specs = [
+        ModelSpec("pin", ("g", "h"), 3 * G, pinned=True, group="x"),
+        ModelSpec("big", ("g",), 8 * G),
+        ModelSpec("mate", ("k",), G, group="x"),
+        ModelSpec("cpu", ("h",), 512 * M),
+        ModelSpec("whole", ("u",)),
+        ModelSpec("pin-u", ("u",), pinned=True),
+    ]
+    s = Scheduler({"g": 10 * G, "h": None, "u": None}, specs)
+    assert s.request(1, "big", 0) == [
+        Fail(
+            1,
+            "big",
+            "big needs 8.0 GiB on device g, which has 10.0 GiB (3.0 GiB of it held by pinned models); "
+            "it can never be loaded there",
+            "model_too_large",
+        )
+    ]
+    assert s.request(2, "mate", 0) == [
+        Fail(2, "mate", "mate shares exclusive group x with pinned pin, which never leaves", "model_too_large")
+    ]
+    assert s.request(3, "cpu", 0) == [
+        Fail(3, "cpu", "cpu needs device h to itself, but pinned pin never leaves", "model_too_large")
+    ]
+    assert s.request(4, "whole", 0)[0].reason == "whole needs device u to itself, but pinned pin-u never leaves"
+
+
+def test_format_bytes() -> None:
+    assert [format_bytes(v) for v in (None, 0, 1536 * 1024, G - 1, G, 3 * G // 2)] == [
+        "unknown",
+        "0 MiB",
+        "2 MiB",
+        "1024 MiB",
+        "1.0 GiB",
+        "1.5 GiB",
+    ]
+
+
+# --- victim choice against a brute-force search ----------------------------------------------------------
+
+DEVICES = ("g", "h")
+candidate = st.builds(
+    Candidate,
+    model=st.sampled_from("abcdefgh"),
+    frees=st.dictionaries(st.sampled_from(DEVICES), st.integers(0, 6), max_size=2),
+    busy=st.booleans(),
+    reload_cost_s=st.sampled_from([0.0, 1.0, 5.0]),
+    last_used=st.sampled_from([0.0, 1.0, 2.0]),
+)
+
+
+def frees_enough(chosen: list[Candidate], needed: dict[str, int]) -> bool:
+    return all(sum(c.frees.get(d, 0) for c in chosen) >= amount for d, amount in needed.items())
+
+
+@settings(max_examples=3 * settings.default.max_examples, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(DEVICES), st.integers(-3, 10), max_size=2),
+    st.lists(candidate, max_size=6, unique_by=lambda c: c.model),
+)
+def test_victims_free_enough_none_is_unneeded_and_none_means_impossible(needed, candidates) -> None:
+    chosen = choose_victims(needed, candidates)
+    short = {d: a for d, a in needed.items() if a > 0}
+    if chosen is None:
+        assert not frees_enough(candidates, short), "a set of victims exists"
+        return
+    assert frees_enough(chosen, short)
+    assert chosen == sorted(chosen, key=victim_order)
+    assert len({c.model for c in chosen}) == len(chosen)
+    for victim in chosen:
+        rest = [c for c in chosen if c is not victim]
+        assert not frees_enough(rest, short), f"{victim.model} was not needed"
+    if not short:
+        assert chosen == []
+    useless = [c for c in candidates if not any(c.frees.get(d, 0) > 0 for d in short)]
+    assert not set(map(id, useless)) & set(map(id, chosen)), "a victim that frees nothing where room is short"
+    smallest = min(
+        (
+            len(combo)
+            for n in range(len(candidates) + 1)
+            for combo in combinations(candidates, n)
+            if frees_enough(list(combo), short)
+        ),
+    )
+    assert len(chosen) >= smallest
