@@ -55,6 +55,7 @@ def test_next_deadline_names_the_earliest_of_ttl_drain_and_fairness() -> None:
     assert s.next_deadline() == 9  # b waits since 4, fairness 5
     assert s.tick(9) == [] and s.phase("a") is Phase.DRAINING
     assert s.next_deadline() == 16  # drain started at 9, bound 7
+    assert s.tick(12) == []
     assert s.tick(16) == [Evict("a", "1 request(s) still running after drain timeout", stop=True)]
 
 
@@ -62,9 +63,9 @@ def test_default_ttl_applies_to_models_without_their_own_and_never_to_pinned_one
     specs = [ModelSpec("a", ("g",)), ModelSpec("b", ("h",), ttl_s=50), ModelSpec("p", ("k",), pinned=True)]
     s = Scheduler({}, specs, default_ttl_s=20)
     for rid, model in enumerate(("a", "b", "p")):
-        loaded(s, model, rid)
-    assert s.tick(20) == [Evict("a", "idle for 20 s (ttl 20 s)")]
-    assert s.tick(50) == [Evict("b", "idle for 50 s (ttl 50 s)")]
+        loaded(s, model, rid, now=5)
+    assert s.tick(25) == [Evict("a", "idle for 20 s (ttl 20 s)")]
+    assert s.tick(55) == [Evict("b", "idle for 50 s (ttl 50 s)")]
     assert s.tick(10_000) == [] and s.phase("p") is Phase.READY
 
 
@@ -152,6 +153,60 @@ def test_rename_keeps_an_engine_its_requests_and_the_waits_on_it() -> None:
     assert s.release(1, 12) == [Evict("a (old)", "making room for b")], "the request is counted on the renamed engine"
 
 
+def test_rename_keeps_a_victim_that_is_already_draining() -> None:
+    s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6), ModelSpec("b", ("g",), 6)], fairness_s=0)
+    loaded(s, "a", 1, release=False)
+    assert s.request(2, "b", 1) == [] and s.waiting(2).draining == (("a", 1),)
+    s.rename("a", "a (old)")
+    assert s.waiting(2).draining == (("a (old)", 1),)
+    assert s.release(1, 2) == [Evict("a (old)", "making room for b")]
+    assert s.evict_done("a (old)", False, 3) == [Load("b")]
+
+
+def test_one_tick_evicts_for_idleness_and_for_the_drain_bound_together() -> None:
+    specs = [ModelSpec("idle", ("g",), ttl_s=5), ModelSpec("busy", ("h",))]
+    s = Scheduler({}, specs, drain_timeout_s=5)
+    loaded(s, "idle", 1)
+    loaded(s, "busy", 2, release=False)
+    s.unload("busy", 0)
+    assert s.tick(5) == [
+        Evict("idle", "idle for 5 s (ttl 5 s)"),
+        Evict("busy", "1 request(s) still running after drain timeout", stop=True),
+    ]
+
+
+def test_memory_freed_by_an_eviction_moves_a_waiter_that_a_busy_model_still_blocks() -> None:
+    s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 5), ModelSpec("c", ("g",), 5), ModelSpec("b", ("g",), 6)])
+    loaded(s, "a", 1, release=False)
+    loaded(s, "c", 2)
+    assert s.request(3, "b", 1) == [] and s.waiting(3).blocked_by == ("a",)
+    assert s.unload("c", 2) == [Evict("c", "unloaded on request")]
+    assert s.evict_done("c", False, 3) == [] and s.waiting(3).blocked_by == ("a",)
+    assert s.tick(11) == [] and s.phase("a") is Phase.DRAINING
+
+
+def test_a_cancelled_load_that_ends_lets_a_blocked_waiter_be_placed() -> None:
+    s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 5), ModelSpec("c", ("g",), 5), ModelSpec("b", ("g",), 6)])
+    loaded(s, "a", 1, release=False)
+    s.request(2, "c", 1)
+    assert s.request(3, "b", 1) == [] and s.cancel(2, 2) == [CancelLoad("c")]
+    assert s.load_done("c", False, "cancelled", 3) == [] and s.waiting(3).blocked_by == ("a",)
+
+
+def test_retiring_a_sleeper_with_waiters_fails_them_and_stops_it() -> None:
+    specs = [ModelSpec("s", ("g",), 6, sleeps=True, sleep_footprint=1), ModelSpec("b", ("g",), 6)]
+    s = Scheduler({"g": 10}, specs)
+    loaded(s, "s", 1)
+    assert s.request(2, "b", 1) == [Evict("s", "making room for b")]
+    assert s.evict_done("s", True, 2) == [Load("b")]
+    assert s.load_done("b", True, "", 3) == [Grant(2, "b")]
+    assert s.request(3, "s", 4) == [] and s.waiting(3).blocked_by == ("b",)
+    assert s.retire("s", 5, None) == [
+        Fail(3, "s", "the model was removed from the configuration"),
+        Evict("s", "configuration changed"),
+    ]
+
+
 def test_retire_moves_waiters_to_the_successor_or_fails_them() -> None:
     s = Scheduler({}, [ModelSpec("old", ("g",)), ModelSpec("new", ("h",)), ModelSpec("gone", ("k",))])
     assert s.request(1, "old", 0) == [Load("old")]
@@ -202,6 +257,9 @@ def test_a_failed_load_fails_its_waiters_and_a_cancelled_one_restarts_for_late_c
     s.request(3, "a", 3)
     assert s.cancel(3, 3) == [CancelLoad("a")]
     assert s.load_done("a", False, "cancelled", 4) == [] and s.phase("a") is Phase.STOPPED
+    s.request(4, "a", 5)
+    assert s.cancel(4, 5) == [CancelLoad("a")], "a second abandoned load is cancelled too"
+    assert s.load_done("a", False, "cancelled", 5) == []
     s.request(4, "a", 5)
     assert s.load_done("a", True, "", 6) == [Grant(4, "a")]
     s.request(5, "a", 7)
