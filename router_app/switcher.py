@@ -292,8 +292,9 @@ class Switcher(StatusReport, Reconfiguration):
                 pids = await runtime.supervisor.pids()
                 self.history.record_asleep(runtime.model.id, pids[0] if pids else None, runtime.fingerprint)
             await runtime.deactivate(stop=stop)
-        except Exception:
+        except Exception as exc:
             log.exception("evicting %s failed", model)
+            await self._until_gone(runtime, exc)
         finally:
             model = self._id_of(runtime)
             self._evictions.pop(model, None)
@@ -305,6 +306,22 @@ class Switcher(StatusReport, Reconfiguration):
         model = self._id_of(runtime)  # after the last await: a config reload may have renamed it
         if self.scheduler.manages(model):
             self.apply(self.scheduler.evict_done(model, slept, self.clock()))
+
+    async def _until_gone(self, runtime: ModelRuntime, error: Exception) -> None:
+        """A sleep or stop that failed may leave the engine holding its memory: the eviction stays under way (its
+        memory counted, the newcomer waiting) until the engine is gone, asked to stop again with backoff."""
+        supervisor = runtime.supervisor
+        delay = 0.05
+        while supervisor is not None and await supervisor.is_running():
+            runtime.last_error = f"could not be stopped: {error}"
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                await runtime.deactivate(stop=True)
+            except Exception as exc:
+                log.warning("stopping %s failed again: %s", runtime.model.id, exc)
+                error = exc
+        log.info("model %s is gone after a failed eviction", runtime.model.id)
 
     async def _learn(self, runtime: ModelRuntime, asleep: bool) -> None:
         """Measure what the engine uses now and let the scheduler count with it from here on."""

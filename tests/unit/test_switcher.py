@@ -10,6 +10,7 @@ import pytest
 from router_app.config import ModelConfig, RouterSettings
 from router_app.engines import EngineAdapter, Health
 from router_app.runtime import ModelRuntime, SwitchError
+from router_app.supervisor import SupervisorError
 from router_app.switcher import Switcher
 
 pytestmark = pytest.mark.anyio
@@ -18,11 +19,12 @@ pytestmark = pytest.mark.anyio
 class MemorySupervisor:
     """Records lifecycle calls into a shared journal; `fail_start` makes the engine die while loading."""
 
-    def __init__(self, name: str, journal: list[str], fail_start: bool = False) -> None:
+    def __init__(self, name: str, journal: list[str], fail_start: bool = False, fail_stops: int = 0) -> None:
         self.name = name
         self.description = f"memory {name}"
         self.journal = journal
         self.fail_start = fail_start
+        self.fail_stops = fail_stops  # this many stops fail, and the engine keeps running
         self.running = False
         self.exited: asyncio.Future[str] | None = None
 
@@ -35,6 +37,10 @@ class MemorySupervisor:
             self.exited.set_result("exited with status 1")
 
     async def stop(self) -> None:
+        if self.fail_stops:
+            self.fail_stops -= 1
+            self.journal.append(f"stop {self.name} failed")
+            raise SupervisorError(f"systemctl stop {self.name} failed: Job canceled")
         self.journal.append(f"stop {self.name}")
         self.running = False
         if self.exited is not None and not self.exited.done():
@@ -491,3 +497,18 @@ async def test_only_engines_that_build_kernels_at_first_use_get_the_sampled_prob
     adapter.samples_on_load = True  # type: ignore[misc]
     await switcher.load("a")
     assert sampled == ["a"]
+
+
+async def test_a_failed_stop_keeps_the_memory_counted_until_the_engine_is_gone() -> None:
+    """The next engine starts only once the old one is really stopped (asked again with backoff), never beside
+    it; meanwhile the old one shows why."""
+    journal: list[str] = []
+    switcher = build(journal)
+    supervisor_a = switcher.runtimes["a"].supervisor
+    await switcher.load("a")
+    supervisor_a.fail_stops = 2
+    ticket = switcher.ticket("b")
+    await asyncio.wait_for(ticket.wait(), 10)
+    assert journal == ["start a", "stop a failed", "stop a failed", "stop a", "start b"]
+    assert switcher.runtimes["a"].last_error == "could not be stopped: systemctl stop a failed: Job canceled"
+    ticket.release()
