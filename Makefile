@@ -16,7 +16,7 @@ help:
 	@echo "make lint   - ruff, ansible-lint, playbook syntax check"
 	@echo "make check-engine-code - vLLM/SGLang parsers on every rendered argv, real vLLM (CPU) behind the router (part of make test)"
 	@echo "make check-engine-code-lanes - the same parser checks for the older engine lanes (vLLM 0.19.1, SGLang 0.5.10.post1)"
-	@echo "make bench  - benchmarks; writes docs/benchmarks.md"
+	@echo "make bench  - benchmarks; writes docs/benchmarks.md from one full run of a committed tree"
 	@echo "make mutation - mutmut over the pure scheduling policy; fails below a 90 % score (not in test)"
 	@echo "make gpu-smoke - on a real NVIDIA host: converge the role, one small model per engine (not in test)"
 	@echo "make gpu-check-bundle - .gpu-check/ (llama.cpp source + router wheels, <64 MiB) for scripts/gpu_check.sh on a lent GPU machine"

@@ -20,23 +20,53 @@ import switch
 import thrash
 from common import ROOT, llama_server, machine
 
-TARGETS = """| # | target | measured | met |
-|---|---|---|---|
-| 1 | added latency p50 ≤ 1 ms, p99 ≤ 5 ms; ≥ 3× lower than LiteLLM | {lat} | {lat_ok} |
-| 2 | streaming relay ≥ 0.95× direct aggregate tokens/s | {relay} | {relay_ok} |
-| 3 | switch overhead ≤ 100 ms | {sw} | {sw_ok} |
-| 4 | RSS ≤ 80 MB idle, ≤ 1.5 s to ready | {fp} | {fp_ok} |
-| 5 | thrash, 16 clients, 2 models: wall, p95 ≤ 1.0× llama.cpp router mode, loads ≤ its (worst seed) | {th} | {th_ok} |
-| 6 | co-residency: two of three fit, alternating reloads nothing, the third evicts exactly one | {co} | {co_ok} |
-"""
+DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
+
+TARGETS = [
+    "added latency p50 ≤ 1 ms, p99 ≤ 5 ms; ≥ 3× lower than LiteLLM",
+    "streaming relay ≥ 0.95× direct aggregate tokens/s",
+    "switch overhead ≤ 100 ms",
+    "RSS ≤ 80 MB idle, ≤ 1.5 s to ready",
+    "thrash, 16 clients, 2 models: wall, p95 ≤ 1.0× llama.cpp router mode, loads ≤ its (worst seed)",
+    "co-residency: two of three fit, alternating reloads nothing, the third evicts exactly one",
+]
+
+
+def targets_table(results: list[tuple[str, bool]]) -> str:
+    rows = ["| # | target | measured | met |", "|---|---|---|---|"]
+    for number, (target, (measured, ok)) in enumerate(zip(TARGETS, results, strict=True), start=1):
+        rows.append(f"| {number} | {target} | {measured} | {'yes' if ok else '**no**'} |")
+    return "\n".join(rows) + "\n"
+
+
+def missed_section(results: list[tuple[str, bool]]) -> str:
+    """The narrative that depends on this run's results: which targets it missed, by how much."""
+    missed = [(n, t, m) for n, (t, (m, ok)) in enumerate(zip(TARGETS, results, strict=True), start=1) if not ok]
+    if not missed:
+        return "## Targets missed\n\nNone in this run.\n"
+    lines = ["## Targets missed", ""]
+    lines += [f"- **Target {n}** ({target}): measured {measured}." for n, target, measured in missed]
+    lines += ["", "Causes found so far and the next steps: [benchmark-history.md](benchmark-history.md).", ""]
+    return "\n".join(lines)
+
+
+def dirty_tree() -> str:
+    """`git status --porcelain` of the checkout: empty when the run measures exactly one commit."""
+    return subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
     quick = args.quick
+    if args.output.resolve() == DEFAULT_OUTPUT and (quick or dirty_tree()):
+        why = "--quick is a smoke run" if quick else "the tree has uncommitted changes:\n" + dirty_tree()
+        sys.exit(
+            f"refusing to write {DEFAULT_OUTPUT.relative_to(ROOT)}: it publishes one full run of one commit, and "
+            f"{why}\nCommit first, or write elsewhere with --output."
+        )
     print("1/6 latency …", flush=True)
     lat = latency.run(100 if quick else 500)
     print(latency.report(lat), flush=True)
@@ -60,25 +90,30 @@ def main() -> None:
 
     router_lat = lat["llm-router"]
     litellm_ratio = lat.get("litellm_vs_router_added_p50")
-    targets = TARGETS.format(
-        lat=f"+{router_lat['added_p50_ms']:.2f} ms p50, +{router_lat['added_p99_ms']:.2f} ms p99"
-        + (f", LiteLLM adds {litellm_ratio:.1f}×" if litellm_ratio else ""),
-        lat_ok=_yes(
+    results = [
+        (
+            f"+{router_lat['added_p50_ms']:.2f} ms p50, +{router_lat['added_p99_ms']:.2f} ms p99"
+            + (f", LiteLLM adds {litellm_ratio:.1f}×" if litellm_ratio else ""),
             router_lat["added_p50_ms"] <= 1
             and router_lat["added_p99_ms"] <= 5
-            and (litellm_ratio is None or litellm_ratio >= 3)
+            and (litellm_ratio is None or litellm_ratio >= 3),
         ),
-        relay=f"{relay['ratio']:.2f}×",
-        relay_ok=_yes(relay["ratio"] >= 0.95),
-        sw=f"{sw['overhead_ms']:.1f} ms",
-        sw_ok=_yes(sw["overhead_ms"] <= 100),
-        fp=f"{fp['rss_idle_mb']:.0f} MB idle, {fp['startup_s_median']:.2f} s",
-        fp_ok=_yes(fp["rss_idle_mb"] <= 80 and fp["startup_s_median"] <= 1.5),
-        th=f"wall {worst['wall']:.2f}×, p95 {worst['p95']:.2f}×, loads {worst['loads']:.2f}×",
-        th_ok=_yes(worst["wall"] <= 1.0 and worst["p95"] <= 1.0 and worst["loads"] <= 1.0),
-        co=f"{co['reloads_after_warmup']} reloads, {co['evictions_for_third']} eviction(s)",
-        co_ok=_yes(co["reloads_after_warmup"] == 0 and co["evictions_for_third"] == 1),
-    )
+        (f"{relay['ratio']:.2f}×", relay["ratio"] >= 0.95),
+        (f"{sw['overhead_ms']:.1f} ms", sw["overhead_ms"] <= 100),
+        (
+            f"{fp['rss_idle_mb']:.0f} MB idle, {fp['startup_s_median']:.2f} s",
+            fp["rss_idle_mb"] <= 80 and fp["startup_s_median"] <= 1.5,
+        ),
+        (
+            f"wall {worst['wall']:.2f}×, p95 {worst['p95']:.2f}×, loads {worst['loads']:.2f}×",
+            worst["wall"] <= 1.0 and worst["p95"] <= 1.0 and worst["loads"] <= 1.0,
+        ),
+        (
+            f"{co['reloads_after_warmup']} reloads, {co['evictions_for_third']} eviction(s)",
+            co["reloads_after_warmup"] == 0 and co["evictions_for_third"] == 1,
+        ),
+    ]
+    targets = targets_table(results)
     print(targets)
     version = subprocess.run([llama_server(), "--version"], capture_output=True, text=True).stderr.strip()
     commit = subprocess.run(
@@ -93,6 +128,7 @@ def main() -> None:
             llama=version.splitlines()[0] if version else "?",
             quick=" (--quick)" if quick else "",
             targets=targets,
+            missed=missed_section(results),
             latency=latency.report(lat),
             relay=stream_relay.report(relay),
             switch=switch.report(sw),
@@ -102,10 +138,6 @@ def main() -> None:
         )
     )
     print(f"wrote {args.output}")
-
-
-def _yes(ok: bool) -> str:
-    return "yes" if ok else "**no**"
 
 
 if __name__ == "__main__":
