@@ -43,6 +43,7 @@ class Ticket:
         self.granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.created = time.monotonic()
         self.waited = False
+        self.runtime: ModelRuntime | None = None  # the engine instance it was granted
         self._released = False
 
     async def wait(self) -> None:
@@ -170,6 +171,7 @@ class Switcher(StatusReport, Reconfiguration):
             if isinstance(effect, Grant):
                 ticket = self._tickets.pop(effect.request_id, None)
                 if ticket is not None and not ticket.granted.done():
+                    ticket.runtime = self.runtimes.get(effect.model)
                     ticket.granted.set_result(None)
             elif isinstance(effect, Fail):
                 ticket = self._tickets.pop(effect.request_id, None)
@@ -365,10 +367,10 @@ class Switcher(StatusReport, Reconfiguration):
         log.warning("model %s lost its engine (%s); the next request loads it again", model, how)
         self.apply(self.scheduler.engine_lost(model, self.clock()))
 
-    def mark_unreachable(self, model: str) -> None:
+    def mark_unreachable(self, runtime: ModelRuntime) -> None:
         """The proxy could not connect to a supposedly ready engine: reload it on the next request."""
-        runtime = self.runtimes.get(model)
-        if runtime is not None and runtime.supervisor is not None and runtime.state is ModelState.READY:
+        model = self._id_of(runtime)
+        if self.runtimes.get(model) is runtime and runtime.supervisor is not None and runtime.state is ModelState.READY:
             runtime.state = ModelState.FAILED
             runtime.last_error = "engine refused connections"
             self.apply(self.scheduler.engine_lost(model, self.clock()))

@@ -114,16 +114,19 @@ class Proxy:
     def _observe_wait(self, exchange: Exchange, ticket: Ticket) -> None:
         self.metrics.wait_seconds.labels(exchange.model.id).observe(time.monotonic() - ticket.created)
 
-    async def _send(self, exchange: Exchange) -> UpstreamResponse:
-        adapter = self.switcher.runtimes[exchange.model.id].adapter
+    async def _send(self, exchange: Exchange, ticket: Ticket) -> UpstreamResponse:
+        # The engine instance the request was granted, not the one its name maps to now: a config reload may
+        # have put a new engine, maybe not started yet, under that name since.
+        runtime = ticket.runtime or self.switcher.runtimes[exchange.model.id]
+        adapter = runtime.adapter
         headers = {"Content-Type": "application/json", **adapter.auth_headers()}
         url = exchange.endpoint.url(adapter.openai_base, adapter.base_url)
         exchange.sent = time.monotonic()
         return await self.upstream.post(exchange.model.id, url, exchange.content, headers)
 
-    def _upstream_failed(self, exchange: Exchange, exc: Exception) -> str:
-        if isinstance(exc, UpstreamError) and exc.connect_failed:
-            self.switcher.mark_unreachable(exchange.model.id)
+    def _upstream_failed(self, exchange: Exchange, ticket: Ticket, exc: Exception) -> str:
+        if isinstance(exc, UpstreamError) and exc.connect_failed and ticket.runtime is not None:
+            self.switcher.mark_unreachable(ticket.runtime)
         return f"engine for {exchange.model.id} failed: {type(exc).__name__}: {exc or 'connection lost'}"
 
     def _engine_answer(self, exchange: Exchange, status: int, body: bytes, content_type: str) -> Response:
@@ -140,7 +143,7 @@ class Proxy:
             if not ticket.granted.done():
                 await race_disconnect(request, ticket.wait())
             self._observe_wait(exchange, ticket)
-            upstream = await race_disconnect(request, self._send(exchange))
+            upstream = await race_disconnect(request, self._send(exchange, ticket))
             content = await race_disconnect(request, upstream.read())
         except ClientGone:
             self._finish(exchange, ticket, "client_gone")
@@ -149,7 +152,7 @@ class Proxy:
             self._finish(exchange, ticket, "switch_failed")
             return json_error(503, str(exc), "service_unavailable", code="model_load_failed", anthropic=anthropic)
         except UpstreamError as exc:
-            message = self._upstream_failed(exchange, exc)
+            message = self._upstream_failed(exchange, ticket, exc)
             self._finish(exchange, ticket, "error")
             return json_error(502, message, "bad_gateway", code="engine_error", anthropic=anthropic)
         if upstream.status != 200:
@@ -169,12 +172,12 @@ class Proxy:
         if not ticket.waited:
             # Resident already: open the upstream first, so its HTTP errors keep their status code.
             try:
-                upstream = await race_disconnect(request, self._send(exchange))
+                upstream = await race_disconnect(request, self._send(exchange, ticket))
             except ClientGone:
                 self._finish(exchange, ticket, "client_gone")
                 return Response(status_code=499)
             except UpstreamError as exc:
-                message = self._upstream_failed(exchange, exc)
+                message = self._upstream_failed(exchange, ticket, exc)
                 self._finish(exchange, ticket, "error")
                 return json_error(
                     502, message, "bad_gateway", code="engine_error", anthropic=exchange.endpoint.anthropic
@@ -209,10 +212,12 @@ class Proxy:
                     )
                     return
                 try:
-                    upstream = await self._send(exchange)
+                    upstream = await self._send(exchange, ticket)
                 except UpstreamError as exc:
                     outcome = "error"
-                    yield shape.error(self._upstream_failed(exchange, exc), "service_unavailable", "engine_error", 502)
+                    yield shape.error(
+                        self._upstream_failed(exchange, ticket, exc), "service_unavailable", "engine_error", 502
+                    )
                     yield shape.closing()
                     return
                 if upstream.status != 200:
@@ -225,7 +230,7 @@ class Proxy:
             outcome = "ok"
         except UpstreamError as exc:
             outcome = "error"
-            yield shape.error(self._upstream_failed(exchange, exc), "service_unavailable", "engine_error", 502)
+            yield shape.error(self._upstream_failed(exchange, ticket, exc), "service_unavailable", "engine_error", 502)
             yield shape.closing()
         except StreamBroken as exc:
             outcome = "error"

@@ -223,6 +223,8 @@ async def test_reconfigure_keeps_unchanged_models_and_drains_changed_and_removed
         await switcher.load(name)
     in_flight = switcher.ticket("b")
     await in_flight.wait()
+    old_b = runtimes["b"]
+    assert in_flight.runtime is old_b
     journal.clear()
 
     changed = ModelConfig(id="b", backend="llamacpp", port=1, command=["x", "--new"], group="b")
@@ -233,10 +235,15 @@ async def test_reconfigure_keeps_unchanged_models_and_drains_changed_and_removed
     waiting = switcher.ticket("b")  # a request for b during the reload waits for the new definition
     await asyncio.sleep(0.05)
     assert "stop b" not in journal, "b's old engine finishes its request first"
+    # The request granted before the reload is sent to the old engine, never to the new one under b's name,
+    # which has not started (the reload race: proxy/core.py looked the engine up by name when sending).
+    assert switcher.runtimes["b"] is new_b and not new_supervisor.running
+    assert in_flight.runtime is old_b
     in_flight.release()
     await asyncio.wait_for(reload, 10)
     await asyncio.wait_for(waiting.wait(), 10)
     assert journal == ["stop c", "stop b", "start b-new"]
+    assert waiting.runtime is new_b
     assert switcher.runtimes["b"] is new_b and "c" not in switcher.runtimes
     assert sorted(switcher.runtimes) == ["a", "b"] and switcher.status("a") == "loaded"
     waiting.release()
