@@ -44,7 +44,7 @@ class RouterMetrics:
         )
         self.evictions = Counter(
             "llm_router_evictions",
-            "Models evicted, by reason (memory, ttl, request, drain_timeout)",
+            "Models evicted, by reason (memory, ttl, request, drain_timeout, reconfigured)",
             ["model", "reason"],
             registry=self.registry,
         )

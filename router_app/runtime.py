@@ -91,6 +91,7 @@ class ModelRuntime:
         self.on_lost = on_lost
         self.state = ModelState.READY if supervisor is None else ModelState.STOPPED
         self.last_error: str | None = None
+        self.last_eviction: dict[str, str | float] | None = None  # cause, reason, at (unix time)
         self.since = time.time()
         self.port: int | None = model.port
         self.load_seconds: float | None = None
@@ -133,6 +134,8 @@ class ModelRuntime:
             data["last_load_s"] = round(self.load_seconds, 3)
         if self.last_error:
             data["last_error"] = self.last_error
+        if self.last_eviction:
+            data["last_eviction"] = self.last_eviction
         if self.integrity_restarts:
             data["wake_integrity_restarts"] = self.integrity_restarts
             data["last_wake_integrity_restart"] = self.last_integrity_restart

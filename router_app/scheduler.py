@@ -22,9 +22,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .placement import Candidate, choose_victims, format_bytes, units
-from .scheduling import CancelLoad, Effect, Evict, Fail, Grant, Load, ModelSpec, Phase, Waiting
+from .scheduling import CancelLoad, Effect, Evict, EvictCause, Fail, Grant, Load, ModelSpec, Phase, Waiting
 
-__all__ = ["CancelLoad", "Effect", "Evict", "Fail", "Grant", "Load", "ModelSpec", "Phase", "Scheduler", "Waiting"]
+__all__ = [
+    "CancelLoad",
+    "Effect",
+    "Evict",
+    "EvictCause",
+    "Fail",
+    "Grant",
+    "Load",
+    "ModelSpec",
+    "Phase",
+    "Scheduler",
+    "Waiting",
+]
 
 
 @dataclass
@@ -42,6 +54,7 @@ class _Model:
     cancelling: bool = False  # its load was cancelled; requests that came since wait for a fresh one
     retiring: bool = False  # removed or replaced by a config reload: evicted as soon as it can be
     evict_reason: str = ""  # why it is draining
+    evict_cause: EvictCause = EvictCause.REQUEST
     stopping: bool = False  # evicted (or draining) to stop, not to sleep
 
 
@@ -146,7 +159,7 @@ class Scheduler:
         state.last_used = now
         effects: list[Effect] = []
         if state.phase is Phase.DRAINING:
-            effects += self._evict(state, state.evict_reason or "drained", state.stopping)
+            effects += self._evict(state, state.evict_reason or "drained", state.evict_cause, state.stopping)
         return effects + self._plan(now)
 
     def cancel(self, request_id: int, now: float) -> list[Effect]:
@@ -183,7 +196,7 @@ class Scheduler:
             state.phase, state.ready_since, state.last_used = Phase.READY, now, now
             effects: list[Effect] = [self._grant(rid, model) for rid in waiters]
             if state.retiring:  # its load finished after a config reload retired it
-                effects += self.unload(model, now, reason="configuration changed")
+                effects += self.unload(model, now, "configuration changed", EvictCause.RECONFIGURED)
         else:
             state.phase = Phase.STOPPED
             effects = [Fail(rid, model, reason) for rid in waiters]
@@ -194,7 +207,7 @@ class Scheduler:
         state = self._models[model]
         state.phase = Phase.SLEEPING if slept else Phase.STOPPED
         if slept and state.retiring:  # a retired engine must stop, not sleep: evict again (a sleeper is stopped)
-            return self._evict(state, "configuration changed")
+            return self._evict(state, "configuration changed", EvictCause.RECONFIGURED)
         return self._plan(now)
 
     def engine_lost(self, model: str, now: float) -> list[Effect]:
@@ -210,20 +223,22 @@ class Scheduler:
         state = self._models[model]
         state.phase, state.ready_since, state.last_used = (Phase.SLEEPING if asleep else Phase.READY), now, now
 
-    def unload(self, model: str, now: float, reason: str = "unloaded on request") -> list[Effect]:
+    def unload(
+        self, model: str, now: float, reason: str = "unloaded on request", cause: EvictCause = EvictCause.REQUEST
+    ) -> list[Effect]:
         """Evict `model` without loading another (drains first). No-op unless it is ready or asleep."""
         state = self._models.get(model)
         if state is None:
             return []
         if state.phase is Phase.SLEEPING:
-            return self._evict(state, reason)
+            return self._evict(state, reason, cause)
         if state.phase is not Phase.READY:
             return []
         if state.inflight:
             state.phase, state.draining_since, state.evict_reason = Phase.DRAINING, now, reason
-            state.stopping = False
+            state.evict_cause, state.stopping = cause, False
             return []
-        return self._evict(state, reason)
+        return self._evict(state, reason, cause)
 
     def tick(self, now: float) -> list[Effect]:
         """Time passed: idle TTLs, drain bounds and fairness bounds."""
@@ -231,7 +246,8 @@ class Scheduler:
         for state in self._models.values():
             ttl = self._ttl(state)
             if state.phase is Phase.READY and state.inflight == 0 and ttl is not None and now - state.last_used >= ttl:
-                effects += self._evict(state, f"idle for {now - state.last_used:.0f} s (ttl {ttl:.0f} s)")
+                reason = f"idle for {now - state.last_used:.0f} s (ttl {ttl:.0f} s)"
+                effects += self._evict(state, reason, EvictCause.TTL)
             elif (
                 state.phase is Phase.DRAINING
                 and self.drain_timeout_s is not None
@@ -240,7 +256,7 @@ class Scheduler:
                 # Requests cut at the bound may still run in the engine: a sleep would release memory under them
                 # (SGLang 0.5.23 asserts an idle scheduler, weight_updater.py:339-341), so it stops.
                 reason = f"{state.inflight} request(s) still running after drain timeout"
-                effects += self._evict(state, reason, stop=True)
+                effects += self._evict(state, reason, EvictCause.DRAIN_TIMEOUT, stop=True)
         return effects + self._plan(now)
 
     def set_footprint(self, model: str, footprint: int | None, sleep_footprint: int | None = None) -> None:
@@ -302,7 +318,7 @@ class Scheduler:
         elif state.phase is Phase.LOADING:
             effects.append(CancelLoad(model))
         elif state.phase in (Phase.READY, Phase.SLEEPING):
-            effects += self.unload(model, now, reason="configuration changed")
+            effects += self.unload(model, now, "configuration changed", EvictCause.RECONFIGURED)
         return effects + self._plan(now)
 
     def remove(self, model: str) -> None:
@@ -335,9 +351,9 @@ class Scheduler:
             state.inflight += 1
         return Grant(request_id, model)
 
-    def _evict(self, state: _Model, reason: str, stop: bool = False) -> list[Effect]:
+    def _evict(self, state: _Model, reason: str, cause: EvictCause, stop: bool = False) -> list[Effect]:
         state.phase, state.stopping = Phase.EVICTING, stop
-        return [Evict(state.spec.id, reason, stop)]
+        return [Evict(state.spec.id, reason, stop, cause)]
 
     def _units(self, state: _Model, device: str, resident: bool) -> int:
         capacity = self.devices.get(device)
@@ -474,9 +490,9 @@ class Scheduler:
         for victim in victims:
             if victim.phase is Phase.READY and victim.inflight:
                 victim.phase, victim.draining_since, victim.evict_reason = Phase.DRAINING, now, reason
-                victim.stopping = stop
+                victim.evict_cause, victim.stopping = EvictCause.MEMORY, stop
             else:
-                effects += self._evict(victim, reason, stop and victim.phase is Phase.READY)
+                effects += self._evict(victim, reason, EvictCause.MEMORY, stop and victim.phase is Phase.READY)
         state.phase, state.victims = Phase.PENDING, tuple(v.spec.id for v in victims)
         return effects + self._start_if_free(state)
 

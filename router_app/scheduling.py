@@ -3,7 +3,7 @@ waiting request stands. Shared by the scheduler (pure decisions) and its owner (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -54,14 +54,26 @@ class Load:
     model: str
 
 
+class EvictCause(StrEnum):
+    """Why a model is evicted: the `reason` label of llm_router_evictions_total and `last_eviction` in /health."""
+
+    MEMORY = "memory"  # making room for another model
+    TTL = "ttl"  # idle past its TTL
+    REQUEST = "request"  # unloaded on request (API, admin)
+    DRAIN_TIMEOUT = "drain_timeout"  # requests still running when the drain bound passed
+    RECONFIGURED = "reconfigured"  # a config reload changed or removed it
+
+
 @dataclass(frozen=True)
 class Evict:
     """Stop or sleep `model` (it has no requests in flight, unless a drain timed out); report `evict_done`.
-    `stop`: stop it even if it could sleep (its sleep footprint is in the way, or requests may still run in it)."""
+    `stop`: stop it even if it could sleep (its sleep footprint is in the way, or requests may still run in it).
+    `reason` says it in words for logs and progress; `cause` is the same, typed."""
 
     model: str
     reason: str
     stop: bool = False
+    cause: EvictCause = field(default=EvictCause.REQUEST, compare=False)
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ class Switcher(StatusReport, Reconfiguration):
             elif isinstance(effect, Evict):
                 self._evicted.setdefault(effect.model, asyncio.Event()).clear()
                 self._spawn(
-                    self._evict(effect.model, effect.reason, effect.stop),
+                    self._evict(effect.model, effect),
                     f"evict-{effect.model}",
                     self._evictions,
                     effect.model,
@@ -278,13 +278,15 @@ class Switcher(StatusReport, Reconfiguration):
         log.info("load of %s %s in %.2f s", model, "done" if ok else "FAILED", elapsed)
         self.apply(self.scheduler.load_done(model, ok, reason, self.clock()))
 
-    async def _evict(self, model: str, reason: str, stop: bool) -> None:
-        """Sleep or stop `model` (`stop`: the scheduler wants it stopped, e.g. requests cut at a drain bound may
-        still run in it), then report to the scheduler."""
+    async def _evict(self, model: str, evict: Evict) -> None:
+        """Sleep or stop `model` (`evict.stop`: the scheduler wants it stopped, e.g. requests cut at a drain bound
+        may still run in it), then report to the scheduler."""
         runtime = self.runtimes[model]
-        log.info("evicting %s: %s", model, reason)
+        stop = evict.stop
+        log.info("evicting %s (%s): %s", model, evict.cause.value, evict.reason)
+        runtime.last_eviction = {"cause": evict.cause.value, "reason": evict.reason, "at": round(time.time(), 3)}
         if self._metrics is not None:
-            self._metrics.evictions.labels(runtime.model.id, _reason_kind(reason)).inc()
+            self._metrics.evictions.labels(runtime.model.id, evict.cause.value).inc()
         try:
             if self._before_evict is not None:
                 await self._before_evict(model)
@@ -447,13 +449,3 @@ class Switcher(StatusReport, Reconfiguration):
                 await task
         if stop_engines:
             await asyncio.gather(*(rt.shutdown() for rt in self.runtimes.values()))
-
-
-def _reason_kind(reason: str) -> str:
-    if reason.startswith("making room"):
-        return "memory"
-    if reason.startswith("idle"):
-        return "ttl"
-    if "drain timeout" in reason:
-        return "drain_timeout"
-    return "request"

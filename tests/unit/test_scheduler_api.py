@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router_app.placement import Candidate, choose_victims, format_bytes, victim_order
-from router_app.scheduler import CancelLoad, Evict, Fail, Grant, Load, ModelSpec, Phase, Scheduler, Waiting
+from router_app.scheduler import CancelLoad, Evict, EvictCause, Fail, Grant, Load, ModelSpec, Phase, Scheduler, Waiting
 
 G = 1024**3
 M = 1024**2
@@ -355,3 +355,26 @@ def test_victims_free_enough_none_is_unneeded_and_none_means_impossible(needed, 
         ),
     )
     assert len(chosen) >= smallest
+
+
+def test_every_eviction_carries_its_typed_cause() -> None:
+    def causes(effects: list) -> list[tuple[str, EvictCause]]:
+        return [(e.model, e.cause) for e in effects if isinstance(e, Evict)]
+
+    specs = [ModelSpec(m, ("g",), 6, ttl_s=30 if m == "t" else None) for m in ("a", "b", "t")]
+    s = Scheduler({"g": 10}, specs, fairness_s=0, drain_timeout_s=5)
+    loaded(s, "a", 1, release=False)
+    s.request(2, "b", 1)  # a drains for b
+    assert causes(s.release(1, 2)) == [("a", EvictCause.MEMORY)]
+    s.evict_done("a", False, 2)
+    s.load_done("b", True, "", 3)
+    assert causes(s.unload("b", 4)) == [] and causes(s.tick(9)) == [("b", EvictCause.DRAIN_TIMEOUT)]
+    s.evict_done("b", False, 9)
+    loaded(s, "t", 3, now=10)
+    assert causes(s.tick(40)) == [("t", EvictCause.TTL)]
+    s.evict_done("t", False, 40)
+    loaded(s, "a", 4, now=41)
+    assert causes(s.unload("a", 42)) == [("a", EvictCause.REQUEST)]
+    s.evict_done("a", False, 42)
+    loaded(s, "a", 5, now=43)
+    assert causes(s.retire("a", 44, None)) == [("a", EvictCause.RECONFIGURED)]
