@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,11 +17,12 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__
-from .config import Config, ConfigError, ModelConfig, RouterSettings, read_keys, read_secret
+from .config import Config, ModelConfig, RouterSettings
 from .engines import adapter_for
 from .errors import is_anthropic_path, json_error
 from .fleet import Fleet
 from .history import History
+from .live import Keys, Live, LiveConfig
 from .memory import MemoryModel, Nvml
 from .metrics import RouterMetrics
 from .proxy import ROUTES, Proxy
@@ -41,31 +41,6 @@ def _key_from(request: Request) -> str | None:
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
     return request.headers.get("x-api-key")
-
-
-class Keys:
-    """Client keys (any of them opens /v1) and the admin key (load/unload; also a client key)."""
-
-    def __init__(self, config: Config) -> None:
-        settings = config.router
-        try:
-            self.client = read_keys(settings.api_key_files)
-            self.admin = read_secret(settings.admin_key_file)
-        except OSError as exc:
-            raise ConfigError("router.api_key_files/admin_key_file", [f"cannot read key file: {exc}"]) from None
-        if settings.admin_key_file is not None and not self.admin:
-            raise ConfigError(str(settings.admin_key_file), ["router.admin_key_file: the file holds no key"])
-
-    def client_ok(self, presented: str | None) -> bool:
-        if not self.client:
-            return True
-        return presented is not None and (
-            any(secrets.compare_digest(presented, key) for key in self.client)
-            or (self.admin is not None and secrets.compare_digest(presented, self.admin))
-        )
-
-    def admin_ok(self, presented: str | None) -> bool:
-        return self.admin is not None and presented is not None and secrets.compare_digest(presented, self.admin)
 
 
 class BodyTooLarge(Exception):
@@ -116,12 +91,19 @@ class EntryPoint:
     the proxy (the hot path skips FastAPI's routing and middleware layers: measured in bench/latency.py),
     everything else to the FastAPI app. Pure ASGI, so streamed responses are never buffered."""
 
-    def __init__(self, app: FastAPI, proxy: Proxy, keys: Keys, settings: RouterSettings) -> None:
+    def __init__(self, app: FastAPI, proxy: Proxy, live: LiveConfig) -> None:
         self.app = app
         self.proxy = proxy
-        self.keys = keys
-        self.settings = settings
+        self.live = live
         self.reloader: Reloader | None = None  # set by create_app: config reload on SIGHUP
+
+    @property
+    def keys(self) -> Keys:
+        return self.live.current.keys
+
+    @property
+    def settings(self) -> RouterSettings:
+        return self.live.current.settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -244,7 +226,7 @@ def build_supervisor(config: Config, model_id: str) -> Supervisor | None:
 def create_app(config: Config, config_path: Path | None = None, reloadable: bool = False) -> EntryPoint:
     """The router as an ASGI app; engines are adopted on startup and (process supervisor) stopped on exit."""
     settings = config.router
-    keys = Keys(config)
+    live = LiveConfig(Live(config, Keys(config)))
     metrics = RouterMetrics()
     # Control calls to engines (readiness, sleep/wake): no keep-alive, because llama-server lingers about
     # 100 ms on exit while an idle connection is open, which every switch would pay.
@@ -270,8 +252,8 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         history=History(settings.state_dir),
     )
     fleet = Fleet(settings.peers, settings.peer_refresh_s)
-    proxy = Proxy(config, switcher, upstream, metrics, fleet)
-    context = RouterContext(config, runtimes, switcher, metrics, fleet)
+    proxy = Proxy(live, switcher, upstream, metrics, fleet)
+    context = RouterContext(live, runtimes, switcher, metrics, fleet)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -324,8 +306,8 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         admin_routes(context),
     ):
         app.include_router(router)
-    entry = EntryPoint(app, proxy, keys, settings)
+    entry = EntryPoint(app, proxy, live)
     reloads: set[asyncio.Future[bool]] = set()
-    parts = LiveParts(entry, proxy, context, switcher, upstream, make_runtime, Keys, fleet)
-    entry.reloader = Reloader(config, parts, config_path)
+    parts = LiveParts(live, switcher, upstream, make_runtime, Keys, fleet)
+    entry.reloader = Reloader(parts, config_path)
     return entry

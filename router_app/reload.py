@@ -14,9 +14,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .config import Config, ConfigError, ModelConfig, load_config
+from .fleet import Fleet
+from .live import Keys, Live, LiveConfig
 from .runtime import ModelRuntime
 from .switcher import Switcher
 from .upstream import Upstream, connection_policy
@@ -29,26 +30,27 @@ RESTART_ONLY = ("host", "port", "supervisor", "systemctl", "memory", "state_dir"
 
 @dataclass
 class LiveParts:
-    """The running app's pieces that hold the config."""
+    """What a reload changes: the live configuration (swapped whole), the engines and the fleet's peers."""
 
-    entry: Any  # api.EntryPoint: keys and settings
-    proxy: Any  # proxy.Proxy: config and settings
-    context: Any  # routes.RouterContext: config
+    live: LiveConfig
     switcher: Switcher
     upstream: Upstream
     make_runtime: Callable[[Config, ModelConfig], ModelRuntime]
-    make_keys: Callable[[Config], Any]
-    fleet: Any = None  # fleet.Fleet: the peers
+    make_keys: Callable[[Config], Keys]
+    fleet: Fleet | None = None
 
 
 class Reloader:
     """Re-reads the config file and applies the difference; one reload at a time."""
 
-    def __init__(self, config: Config, parts: LiveParts, path: Path | None) -> None:
-        self.config = config
+    def __init__(self, parts: LiveParts, path: Path | None) -> None:
         self.parts = parts
         self.path = path
         self._lock = asyncio.Lock()
+
+    @property
+    def config(self) -> Config:
+        return self.parts.live.current.config
 
     async def reload(self) -> bool:
         async with self._lock:
@@ -64,7 +66,7 @@ class Reloader:
                 self.parts.fleet.install(peers, new.router.peer_refresh_s)
             return True
 
-    async def apply(self, new: Config, keys: Any) -> None:
+    async def apply(self, new: Config, keys: Keys) -> None:
         old = self.config
         kept = {
             key: getattr(old.router, key)
@@ -93,9 +95,6 @@ class Reloader:
         parts = self.parts
         for model in added | changed:
             parts.upstream.set_policy(model, connection_policy(after[model]))
-        self.config = new
-        parts.entry.keys, parts.entry.settings = keys, new.router
-        parts.proxy.config, parts.proxy.settings = new, new.router
-        parts.context.config = new
+        parts.live.swap(Live(new, keys))
         parts.switcher.update_settings(new.router)
         await parts.switcher.reconfigure(runtimes, changed, removed)

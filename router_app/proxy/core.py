@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..config import Config
+from ..config import Config, RouterSettings
 from ..errors import engine_error_as_anthropic, json_error
+from ..live import LiveConfig
 from ..metrics import RouterMetrics
 from ..runtime import SwitchError
 from ..switcher import ModelTooLarge, Switcher, Ticket
@@ -44,18 +45,25 @@ class Proxy:
 
     def __init__(
         self,
-        config: Config,
+        live: LiveConfig,
         switcher: Switcher,
         upstream: Upstream,
         metrics: RouterMetrics,
         fleet: Fleet | None = None,
     ) -> None:
-        self.config = config
-        self.settings = config.router
+        self.live = live
         self.switcher = switcher
         self.upstream = upstream
         self.metrics = metrics
         self.fleet = fleet
+
+    @property
+    def config(self) -> Config:
+        return self.live.current.config
+
+    @property
+    def settings(self) -> RouterSettings:
+        return self.live.current.settings
 
     async def handle(self, request: Request, endpoint: Endpoint, raw: bytes) -> Response:
         parsed = parse(raw, endpoint, self.config)

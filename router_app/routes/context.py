@@ -13,6 +13,7 @@ from starlette.responses import Response
 from ..config import Config, ModelConfig
 from ..errors import json_error
 from ..fleet import Fleet, Peer
+from ..live import LiveConfig
 from ..metrics import RouterMetrics
 from ..runtime import ModelRuntime
 from ..switcher import Switcher
@@ -20,12 +21,16 @@ from ..switcher import Switcher
 
 @dataclass
 class RouterContext:
-    config: Config
+    live: LiveConfig
     runtimes: dict[str, ModelRuntime]
     switcher: Switcher
     metrics: RouterMetrics
     fleet: Fleet | None = None
     started: float = field(default_factory=time.time)
+
+    @property
+    def config(self) -> Config:
+        return self.live.current.config
 
     def find(self, name: str) -> ModelConfig | None:
         return self.config.find(name)

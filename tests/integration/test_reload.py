@@ -68,3 +68,27 @@ def test_an_invalid_config_is_refused_and_the_running_one_kept(start_router, lla
     wait_until(lambda: any("config reload refused" in line for line in router.log), "refusal")
     assert any("backend" in line and "nonsense" in line for line in router.log)
     assert chat(router.url, "tiny-a").status_code == 200 and router.engine_pid("tiny-a") == pid
+
+
+def test_a_reload_swaps_keys_and_settings_together(start_router, llama_server_bin, models_dir, tmp_path) -> None:
+    """Keys are re-read and settings that need no restart apply at once: the live config is replaced whole."""
+    keys = tmp_path / "clients.keys"
+    keys.write_text("sk-old\n")
+    model = llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "tiny-a", ctx=256)
+    router = start_router([model], api_key_files=[str(keys)], max_request_size=4096)
+    url = router.url + "/v1/models"
+    assert httpx.get(url, headers={"Authorization": "Bearer sk-old"}).status_code == 200
+    big = {"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "user": "x" * 8000}
+    headers = {"Authorization": "Bearer sk-old"}
+    assert httpx.post(router.url + "/v1/chat/completions", json=big, headers=headers).status_code == 413
+    keys.write_text("sk-new\n")
+    config = yaml.safe_load(router.config_path.read_text())
+    config["router"]["max_request_size"] = 1 << 20
+    router.config_path.write_text(yaml.safe_dump(config))
+    router.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: any("config reload done" in line for line in router.log), "reload")
+    assert httpx.get(url, headers={"Authorization": "Bearer sk-old"}).status_code == 401
+    headers = {"Authorization": "Bearer sk-new"}
+    assert httpx.get(url, headers=headers).status_code == 200
+    answer = httpx.post(router.url + "/v1/chat/completions", json=big, headers=headers, timeout=60)
+    assert answer.status_code == 200, answer.text

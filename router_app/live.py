@@ -1,0 +1,61 @@
+"""The running configuration: the config and the client keys read from it, replaced whole on a reload.
+
+Everything that serves requests (the entry point, the proxy, the routes) reads `LiveConfig.current`; a reload
+builds a new `Live` (file read and validated, keys read) and swaps it in with one assignment, so a request sees
+one config or the other, never a mix.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from .config import Config, ConfigError, RouterSettings, read_keys, read_secret
+
+
+class Keys:
+    """Client keys (any of them opens /v1) and the admin key (load/unload; also a client key)."""
+
+    def __init__(self, config: Config) -> None:
+        settings = config.router
+        try:
+            self.client = read_keys(settings.api_key_files)
+            self.admin = read_secret(settings.admin_key_file)
+        except OSError as exc:
+            raise ConfigError("router.api_key_files/admin_key_file", [f"cannot read key file: {exc}"]) from None
+        if settings.admin_key_file is not None and not self.admin:
+            raise ConfigError(str(settings.admin_key_file), ["router.admin_key_file: the file holds no key"])
+
+    def client_ok(self, presented: str | None) -> bool:
+        if not self.client:
+            return True
+        return presented is not None and (
+            any(secrets.compare_digest(presented, key) for key in self.client)
+            or (self.admin is not None and secrets.compare_digest(presented, self.admin))
+        )
+
+    def admin_ok(self, presented: str | None) -> bool:
+        return self.admin is not None and presented is not None and secrets.compare_digest(presented, self.admin)
+
+
+@dataclass(frozen=True)
+class Live:
+    """One configuration as served: never edited, only replaced."""
+
+    config: Config
+    keys: Keys
+
+    @property
+    def settings(self) -> RouterSettings:
+        return self.config.router
+
+
+class LiveConfig:
+    """The one reference to the configuration in use, shared by everything that serves requests."""
+
+    def __init__(self, live: Live) -> None:
+        self.current = live
+
+    def swap(self, live: Live) -> None:
+        """Serve `live` from now on (one assignment: atomic on the event loop)."""
+        self.current = live
