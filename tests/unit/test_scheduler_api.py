@@ -82,7 +82,8 @@ def test_unload_puts_a_sleeper_out_and_ignores_models_that_are_not_resident() ->
     loaded(s, "a", 1)
     assert s.unload("a", 1) == [Evict("a", "unloaded on request")]
     assert s.evict_done("a", True, 2) == [] and s.phase("a") is Phase.SLEEPING
-    assert s.unload("a", 3, reason="by hand") == [Evict("a", "by hand")]
+    [evict] = s.unload("a", 3, reason="by hand")
+    assert evict == Evict("a", "by hand") and evict.cause is EvictCause.REQUEST
 
 
 def test_an_engine_lost_frees_its_memory_and_its_waiters_load_it_again() -> None:
@@ -235,7 +236,20 @@ def test_a_retired_load_that_finishes_is_unloaded() -> None:
     s.request(1, "a", 0)
     s.cancel(1, 0)  # the load goes on: nobody waits
     assert s.retire("a", 1, None) == [CancelLoad("a")]
-    assert s.load_done("a", True, "", 2) == [Evict("a", "configuration changed")], "it finished before the cancel"
+    [evict] = s.load_done("a", True, "", 2)  # it finished before the cancel
+    assert evict == Evict("a", "configuration changed") and evict.cause is EvictCause.RECONFIGURED
+    [evict] = s.evict_done("a", True, 3)  # it went to sleep: a retired engine is stopped
+    assert evict == Evict("a", "configuration changed") and evict.cause is EvictCause.RECONFIGURED
+
+
+def test_a_busy_sleeper_in_the_way_drains_and_then_stops() -> None:
+    specs = [ModelSpec("s", ("g",), 6, sleep_footprint=3, sleeps=True), ModelSpec("b", ("g",), 9)]
+    s = Scheduler({"g": 10}, specs, fairness_s=0)
+    loaded(s, "s", 1, release=False)
+    assert s.request(2, "b", 1) == [] and s.phase("s") is Phase.DRAINING
+    [evict] = s.release(1, 2)
+    assert evict == Evict("s", "making room for b", stop=True) and evict.cause is EvictCause.MEMORY
+    assert s.evict_done("s", False, 3) == [Load("b")]
 
 
 def test_remove_forgets_a_model_and_only_its_own_requests() -> None:
