@@ -123,9 +123,10 @@ class Proxy:
         self.metrics.wait_seconds.labels(exchange.model.id).observe(time.monotonic() - ticket.created)
 
     async def _send(self, exchange: Exchange, ticket: Ticket) -> UpstreamResponse:
-        # The engine instance the request was granted, not the one its name maps to now: a config reload may
+        # The engine instance the request was granted, never the one its name maps to now: a config reload may
         # have put a new engine, maybe not started yet, under that name since.
-        runtime = ticket.runtime or self.switcher.runtimes[exchange.model.id]
+        runtime = ticket.runtime
+        assert runtime is not None, "a granted ticket holds the engine it was granted"
         adapter = runtime.adapter
         headers = {"Content-Type": "application/json", **adapter.auth_headers()}
         url = exchange.endpoint.url(adapter.openai_base, adapter.base_url)
