@@ -13,7 +13,7 @@ help:
 	@echo "make demo   - router on 127.0.0.1:8002 with two tiny llama.cpp models (no GPU, no root)"
 	@echo "make test   - lint + all tests (what CI runs)"
 	@echo "make e2e    - a real Open-WebUI against the demo router (part of make test)"
-	@echo "make lint   - ruff, ansible-lint, playbook syntax check"
+	@echo "make lint   - ruff, import direction (lint-imports), ansible-lint, playbook syntax check"
 	@echo "make check-engine-code - vLLM/SGLang parsers on every rendered argv, real vLLM (CPU) behind the router (part of make test)"
 	@echo "make check-engine-code-lanes - the same parser checks for the older engine lanes (vLLM 0.19.1, SGLang 0.5.10.post1)"
 	@echo "make bench  - benchmarks; writes docs/benchmarks.md from one full run of a committed tree"
@@ -33,19 +33,20 @@ llama-server: $(STAMP)
 	@PYTHON=$(BIN)/python scripts/build-llama-server.sh >/dev/null
 
 demo: $(STAMP) llama-server
-	$(BIN)/python -m router_app.devtools.demo --dir $(DEMO_DIR) \
+	$(BIN)/python -m router_app.tools.demo --dir $(DEMO_DIR) \
 		--llama-server "$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)"
 	$(BIN)/llm-router serve --config $(DEMO_DIR)/config.yml
 
 lint: $(STAMP)
 	$(BIN)/ruff check router_app tests roles molecule bench scripts
 	$(BIN)/ruff format --check router_app tests roles molecule bench scripts
+	$(BIN)/lint-imports --no-cache
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint --offline --profile production
 	$(BIN)/ansible-playbook site.yml -i inventories/example --syntax-check
 	$(BIN)/ansible-playbook site.yml -i inventories/local --syntax-check
 
 demo-assets: $(STAMP) llama-server
-	$(BIN)/python -m router_app.devtools.demo --dir $(DEMO_DIR) \
+	$(BIN)/python -m router_app.tools.demo --dir $(DEMO_DIR) \
 		--llama-server "$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)"
 
 # Role test on a real systemd: Debian 12 booted with systemd-nspawn (needs root).
@@ -55,14 +56,14 @@ molecule: $(STAMP) llama-server
 	llama_bin="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)"; \
 	archive="$$(dirname "$$(dirname "$$(dirname "$$llama_bin")")")/src/llama_cpp_python-0.3.36.tar.gz"; \
 	models="$$(mktemp -d)"; \
-	$(BIN)/python -m router_app.devtools.tiny_gguf "$$models/tiny-a.gguf" --name tiny-a --seed 1 >/dev/null; \
-	$(BIN)/python -m router_app.devtools.tiny_gguf "$$models/tiny-b.gguf" --name tiny-b --seed 2 >/dev/null; \
+	$(BIN)/python -m router_app.tools.tiny_gguf "$$models/tiny-a.gguf" --name tiny-a --seed 1 >/dev/null; \
+	$(BIN)/python -m router_app.tools.tiny_gguf "$$models/tiny-b.gguf" --name tiny-b --seed 2 >/dev/null; \
 	export PATH="$(CURDIR)/$(BIN):$$PATH" NSPAWN_ROOTFS="$$rootfs" LLAMACPP_ARCHIVE="$$archive" \
 		MOLECULE_MODELS_DIR="$$models" ANSIBLE_HOME="$(CURDIR)/.ansible" \
 		MOLECULE_EPHEMERAL_DIRECTORY="$(CURDIR)/.ansible/molecule/default"; \
 	molecule test -s default; rc=$$?; rm -rf "$$models"; exit $$rc
 
-# Mutation testing of the pure scheduling policy (scheduler.py, placement.py, scheduling.py) against its unit
+# Mutation testing of the pure scheduling policy (router_app/control/policy/) against its unit
 # tests, with mutmut; not in `make test` (~20 min on 2 cores). The score and every survivor: docs/architecture.md.
 .PHONY: mutation
 mutation: $(STAMP)

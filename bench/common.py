@@ -39,7 +39,7 @@ def llama_server() -> str:
 
 
 def tiny_models(directory: Path) -> dict[str, Path]:
-    from router_app.devtools.tiny_gguf import write_model
+    from router_app.tools.tiny_gguf import write_model
 
     directory.mkdir(parents=True, exist_ok=True)
     return {

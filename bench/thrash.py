@@ -67,7 +67,7 @@ class Result:
 
 
 def write_models(directory: Path, names: tuple[str, ...]) -> dict[str, Path]:
-    from router_app.devtools.tiny_gguf import write_model
+    from router_app.tools.tiny_gguf import write_model
 
     directory.mkdir(parents=True, exist_ok=True)
     return {name: write_model(directory / f"{name}.gguf", name=name, seed=i + 1) for i, name in enumerate(names)}

@@ -8,8 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
-from . import __version__
-from .config import Config, ConfigError, load_config
+from router_app import __version__
+from router_app.config import Config, ConfigError, load_config
 
 
 def _load(path: Path | None) -> Config:
@@ -39,7 +39,7 @@ def _bind(host: str, port: int) -> socket.socket:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from .api import create_app
+    from router_app.app import create_app
 
     config = _load(args.config)
     settings = config.router
@@ -73,7 +73,7 @@ def check_config(args: argparse.Namespace) -> None:
 
 
 def models(args: argparse.Namespace) -> None:
-    from .supervisor import default_unit_name
+    from router_app.engines.supervisors import default_unit_name
 
     config = _load(args.config)
     rows = [("ID", "BACKEND", "PLACEMENT", "ALIASES", "STARTED BY")]
@@ -96,7 +96,7 @@ def models(args: argparse.Namespace) -> None:
 
 
 def bench(args: argparse.Namespace) -> None:
-    from .bench import main as bench_main
+    from router_app.tools.loadtest import main as bench_main
 
     raise SystemExit(bench_main(args))
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     command("check-config", "validate the config file and exit").set_defaults(func=check_config)
     command("models", "list the configured models").set_defaults(func=models)
     bench_parser = commands.add_parser("bench", help="load-test an OpenAI-compatible URL (router or engine)")
-    from .bench import add_arguments
+    from router_app.tools.loadtest import add_arguments
 
     add_arguments(bench_parser)
     bench_parser.set_defaults(func=bench)

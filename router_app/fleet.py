@@ -22,10 +22,10 @@ import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import sse
-from .config import ConfigError, PeerConfig, read_secret
-from .errors import is_anthropic_path, json_error
-from .proxy.waiting import ClientGone, DisconnectAwareStreamingResponse, race_disconnect
+from router_app.config import ConfigError, PeerConfig, read_secret
+from router_app.wire import sse
+from router_app.wire.disconnect import ClientGone, DisconnectAwareStreamingResponse, race_disconnect
+from router_app.wire.errors import is_anthropic_path, json_error
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from .config import Config, ConfigError, RouterSettings, read_keys, read_secret
+from router_app.config import Config, ConfigError, RouterSettings, read_keys, read_secret
 
 
 class Keys:

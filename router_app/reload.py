@@ -15,12 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, ConfigError, ModelConfig, load_config
-from .fleet import Fleet
-from .live import Keys, Live, LiveConfig
-from .runtime import ModelRuntime
-from .switcher import Switcher
-from .upstream import Upstream, connection_policy
+from router_app.config import Config, ConfigError, ModelConfig, load_config
+from router_app.control.switcher import Switcher
+from router_app.engines.instance import EngineInstance
+from router_app.fleet import Fleet
+from router_app.live import Keys, Live, LiveConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +33,7 @@ class LiveParts:
 
     live: LiveConfig
     switcher: Switcher
-    upstream: Upstream
-    make_runtime: Callable[[Config, ModelConfig], ModelRuntime]
+    make_runtime: Callable[[Config, ModelConfig], EngineInstance]
     make_keys: Callable[[Config], Keys]
     fleet: Fleet | None = None
 
@@ -93,8 +91,6 @@ class Reloader:
         )
         runtimes = {m: self.parts.make_runtime(new, after[m]) for m in sorted(added | changed)}
         parts = self.parts
-        for model in added | changed:
-            parts.upstream.set_policy(model, connection_policy(after[model]))
         parts.live.swap(Live(new, keys))
         parts.switcher.update_settings(new.router)
         await parts.switcher.reconfigure(runtimes, changed, removed)

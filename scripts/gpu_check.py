@@ -59,14 +59,14 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
 PLATFORMS += ["manylinux_2_12_x86_64", "manylinux2010_x86_64", "manylinux_2_5_x86_64", "manylinux1_x86_64"]
 
 # The models: llama, 32 layers, 32 KV heads of width 128 on a 64-wide residual stream: 0.5 MiB of f16 KV cache per
-# token from a ~130 MiB file, so the context sets the VRAM (router_app/devtools/tiny_gguf.py head_dim).
+# token from a ~130 MiB file, so the context sets the VRAM (router_app/tools/tiny_gguf.py head_dim).
 GPU_GEOMETRY = {"layers": 32, "heads": 32, "head_dim": 128, "dim": 64, "ff": 128}
 CPU_GEOMETRY = {"layers": 4, "heads": 8, "head_dim": 128, "dim": 64, "ff": 128}
 TRAIN_CTX = 1 << 20  # the models' context_length: above any --ctx-size used here
 # Each model's estimate as a share of the device: two fit (0.8 plus CUDA contexts), a third does not (1.2).
 MODEL_SHARE = 0.40
 CPU_BUDGET = 3 * GiB  # run --cpu: the declared budget (memory.devices.cpu); fixed overheads ~2% of a model
-# The estimate (router_app/memory.py: file + f16 KV at the context + 64 MiB) may miss the engine's real use by this
+# The estimate (router_app/memory/estimate.py: file + f16 KV at the context + 64 MiB) may miss the engine's real use by this
 # share of itself: a miss this size still lets the scheduler place models right (the spare here is 20%).
 FOOTPRINT_TOLERANCE = 0.05
 # After the stop, NVML's used memory must be back to the baseline taken before the router started, within this.
@@ -370,7 +370,7 @@ def model_file_bytes(geometry: dict[str, int]) -> int:
 
 
 def kv_bytes_per_token(geometry: dict[str, int]) -> int:
-    """f16 K and V over every layer (router_app/memory.py gguf_kv_cache_bytes)."""
+    """f16 K and V over every layer (router_app/memory/gguf.py gguf_kv_cache_bytes)."""
     return geometry["layers"] * geometry["heads"] * 2 * geometry["head_dim"] * 2
 
 
@@ -777,7 +777,7 @@ def poll(until: Callable[[], bool], timeout: float) -> tuple[bool, float]:
 def drive(router: Router, setup: Setup, config: Path, checks: list[Check], baseline_used: int) -> None:
     """The checks through the router; each appends its line (and prints it) as it completes."""
     from router_app.config import load_config
-    from router_app.memory import estimate_footprint
+    from router_app.memory.estimate import estimate_footprint
 
     gpu = setup.mode == "gpu"
     device = "0" if gpu else "cpu"
@@ -887,7 +887,7 @@ def verify_bundle() -> dict[str, Any]:
 
 
 def write_models(setup: Setup, work: Path) -> float:
-    from router_app.devtools import tiny_gguf
+    from router_app.tools import tiny_gguf
 
     started = time.monotonic()
     (work / "models").mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ HF = "https://huggingface.co"
 # in disguise (the router's wake-integrity fallback, a unit restarted by systemd) repeats the whole load and comes
 # out near 1.0. 0.5 leaves the cold load's own variance room on both sides.
 WAKE_MAX_RATIO = 0.5
-# The sampled request: the readiness probe's parameters (router_app/engines/base.py SAMPLED_PROBE).
+# The sampled request: the readiness probe's parameters (router_app/engines/adapters/base.py SAMPLED_PROBE).
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 40}
 
 
@@ -117,7 +117,7 @@ def smoke_models(models_dir: Path) -> list[Smoke]:
                 "backend": "tabbyapi",
                 "model": str(models_dir / f"{exl3.split('/')[-1]}-{exl3_rev}"),
                 "format": "exl3",
-                "evict": "sleep",  # unload through the admin API, the process stays (router_app/engines/tabbyapi.py)
+                "evict": "sleep",  # unload through the admin API, the process stays (router_app/engines/adapters/tabbyapi.py)
                 **common,
             },
             exl3,
@@ -234,7 +234,7 @@ def admin(base: str, key: str, action: str, model: str) -> float:
 
 
 def model_health(base: str, model: str) -> dict[str, Any]:
-    """The router's `/health/<model>` (router_app/routes/status.py; runtime.py `info()`)."""
+    """The router's `/health/<model>` (router_app/web/routes/status.py; engines/instance.py `info()`)."""
     status, reply = http("GET", f"{base}/health/{urllib.parse.quote(model, safe='')}", timeout=10)
     if status != 200 or not isinstance(reply, dict):
         raise RuntimeError(f"/health/{model}: HTTP {status}: {str(reply)[:300]}")

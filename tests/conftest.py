@@ -45,7 +45,7 @@ def llama_server_bin() -> Path:
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-a, tiny-b (different seeds) and tiny-long (32k context, for long generations)."""
-    from router_app.devtools.tiny_gguf import write_model
+    from router_app.tools.tiny_gguf import write_model
 
     directory = tmp_path_factory.mktemp("models")
     write_model(directory / "tiny-a.gguf", name="tiny-a", seed=1)

@@ -1,28 +1,3 @@
-"""One small adapter per engine kind; `adapter_for` picks it from the model's backend."""
-
-from __future__ import annotations
-
-import httpx
-
-from ..config import Backend, ModelConfig
-from .base import EngineAdapter, EngineError, Health
-from .llamacpp import LlamaCppAdapter
-from .openai_remote import OpenAIRemoteAdapter
-from .sglang import SGLangAdapter
-from .tabbyapi import TabbyAPIAdapter
-from .vllm import VLLMAdapter
-
-ADAPTERS: dict[Backend, type[EngineAdapter]] = {
-    Backend.LLAMACPP: LlamaCppAdapter,
-    Backend.SGLANG: SGLangAdapter,
-    Backend.TABBYAPI: TabbyAPIAdapter,
-    Backend.VLLM: VLLMAdapter,
-    Backend.OPENAI: OpenAIRemoteAdapter,
-}
-
-
-def adapter_for(model: ModelConfig, client: httpx.AsyncClient) -> EngineAdapter:
-    return ADAPTERS[model.backend](model, client)
-
-
-__all__ = ["EngineAdapter", "EngineError", "Health", "adapter_for"]
+"""Engines: one `instance` per engine process (its state and readiness loop), the `adapters` that know each
+backend's API (llama-server, SGLang, vLLM, TabbyAPI, remote OpenAI) and the `supervisors` that start and stop the
+process (a child process group or a systemd unit). Nothing here decides when to switch."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..config import Backend
+from router_app.config import Backend
 
 
 class Kind(StrEnum):

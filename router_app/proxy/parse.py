@@ -15,10 +15,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from .. import sse
-from ..config import Config, ModelConfig, StatusStyle
-from ..errors import json_error
-from .endpoints import Endpoint, Kind
+from router_app.config import Config, ModelConfig, StatusStyle
+from router_app.proxy.endpoints import Endpoint, Kind
+from router_app.wire import sse
+from router_app.wire.errors import json_error
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # Where an API names a parameter differently from chat completions.

@@ -13,10 +13,10 @@ import json
 import re
 from typing import Any
 
-from .. import sse
-from ..config import StatusStyle
-from ..errors import anthropic_payload
-from .endpoints import Kind
+from router_app.config import StatusStyle
+from router_app.proxy.endpoints import Kind
+from router_app.wire import sse
+from router_app.wire.errors import anthropic_payload
 
 _ANTHROPIC_PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-from ..config import RouterSettings
-from ..upstream import UpstreamResponse
-from . import report
-from .parse import Exchange
-from .progress import OpenAIShape, Shape
+from router_app.config import RouterSettings
+from router_app.proxy import report
+from router_app.proxy.parse import Exchange
+from router_app.proxy.progress import OpenAIShape, Shape
+from router_app.proxy.upstream import UpstreamResponse
 
 MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 

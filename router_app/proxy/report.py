@@ -7,10 +7,10 @@ import re
 import time
 from typing import Any
 
-from .. import sse
-from ..config import RouterSettings, StatusStyle
-from .parse import Exchange
-from .progress import OpenAIShape, Shape
+from router_app.config import RouterSettings, StatusStyle
+from router_app.proxy.parse import Exchange
+from router_app.proxy.progress import OpenAIShape, Shape
+from router_app.wire import sse
 
 USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from router_app.devtools.demo import DEMO_MAX_TOKENS, DEMO_MODELS, write_demo
+from router_app.tools.demo import DEMO_MAX_TOKENS, DEMO_MODELS, write_demo
 from tests.conftest import RouterProcess, wait_until
 from tests.e2e.owui_stack import (
     Stack,

@@ -41,8 +41,8 @@ import pytest
 import yaml
 
 from router_app.config import ModelConfig
-from router_app.engines.vllm import VLLMAdapter
-from router_app.runtime import free_port
+from router_app.engines.adapters.vllm import VLLMAdapter
+from router_app.engines.instance import free_port
 from tests.conftest import FAKE_ENGINE, RouterProcess, pid_alive, sse_events, wait_until
 from tests.engine_code.engines import LANES, PROBES, install_model_files, lane_venv
 from tests.role_render import PATHS, ROLE, load_filter, models_f

@@ -21,7 +21,7 @@ import openai
 import pytest
 import yaml
 
-from router_app.runtime import free_port
+from router_app.engines.instance import free_port
 from tests.conftest import FAKE_ENGINE, fake_model, sse_events, wait_until
 
 

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from router_app.config import ModelConfig
-from router_app.engines import Health
-from router_app.engines.tabbyapi import TabbyAPIAdapter
-from router_app.runtime import free_port
+from router_app.engines.adapters import Health
+from router_app.engines.adapters.tabbyapi import TabbyAPIAdapter
+from router_app.engines.instance import free_port
 from tests.conftest import FAKE_ENGINE, fake_model, wait_until
 
 

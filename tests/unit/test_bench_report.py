@@ -30,7 +30,7 @@ def test_the_targets_table_and_the_missed_section_come_from_the_results() -> Non
 
 
 @pytest.mark.parametrize(
-    ("argv", "dirty", "why"), [([], " M router_app/api.py", "uncommitted"), (["--quick"], "", "smoke")]
+    ("argv", "dirty", "why"), [([], " M router_app/app.py", "uncommitted"), (["--quick"], "", "smoke")]
 )
 def test_the_published_file_is_refused_for_a_dirty_tree_or_a_quick_run(monkeypatch, argv, dirty, why) -> None:
     monkeypatch.setattr(run_all, "dirty_tree", lambda: dirty)

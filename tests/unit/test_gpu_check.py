@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from router_app.config import load_config
-from router_app.memory import estimate_footprint
+from router_app.memory.estimate import estimate_footprint
 from tests.modules import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,7 +110,7 @@ def test_memory_must_come_back_after_the_stop() -> None:
 
 def test_model_file_size_formula_matches_a_written_model(tmp_path: Path) -> None:
     """context_for() sizes the context from model_file_bytes(): it must not undercount a real file."""
-    from router_app.devtools.tiny_gguf import write_model
+    from router_app.tools.tiny_gguf import write_model
 
     g = gc.CPU_GEOMETRY
     path = write_model(

@@ -10,17 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from router_app.config import parse_config, parse_size
-from router_app.devtools.tiny_gguf import write_model
-from router_app.history import History, SleepRecord
-from router_app.memory import (
-    GGUF_OVERHEAD,
-    MemoryModel,
-    Nvml,
-    estimate_footprint,
-    gguf_kv_cache_bytes,
-    gguf_metadata,
-    rss_of,
-)
+from router_app.memory.devices import MemoryModel, Nvml, rss_of
+from router_app.memory.estimate import GGUF_OVERHEAD, estimate_footprint
+from router_app.memory.gguf import gguf_kv_cache_bytes, gguf_metadata
+from router_app.memory.history import History, SleepRecord
+from router_app.tools.tiny_gguf import write_model
 
 G = 1024**3
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from router_app.supervisor import ProcessSupervisor, SupervisorError
+from router_app.engines.supervisors import ProcessSupervisor, SupervisorError
 from tests.conftest import pid_alive
 
 pytestmark = pytest.mark.anyio
@@ -73,7 +73,7 @@ def test_engine_dies_with_the_router() -> None:
 
     script = textwrap.dedent("""
         import asyncio, sys
-        from router_app.supervisor import ProcessSupervisor
+        from router_app.engines.supervisors import ProcessSupervisor
         async def main():
             sup = ProcessSupervisor("m")
             await sup.start(["sleep", "300"])

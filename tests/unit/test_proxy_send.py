@@ -1,4 +1,5 @@
-"""The proxy sends a granted request to the engine instance its ticket was granted, whatever its name maps to now."""
+"""The proxy sends a granted request to the engine instance its ticket was granted (and through that instance's own
+connection pool), whatever its name maps to now."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from router_app.proxy.core import Proxy
-from router_app.upstream import UpstreamError
+from router_app.config import Backend
+from router_app.proxy.handler import Proxy
+from router_app.proxy.upstream import Upstream, UpstreamError
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +26,7 @@ class RecordingUpstream:
         self.urls: list[str] = []
         self.fail = fail
 
-    async def post(self, key: str, url: str, content: bytes, headers: dict[str, str]) -> str:
+    async def post(self, engine: object, url: str, content: bytes, headers: dict[str, str]) -> str:
         self.urls.append(url)
         if self.fail:
             raise UpstreamError("connection refused", connect_failed=True)
@@ -59,3 +61,21 @@ async def test_an_unreachable_engine_is_the_one_the_request_was_sent_to() -> Non
         await proxy._send(EXCHANGE, ticket)
     proxy._upstream_failed(EXCHANGE, ticket, failed.value)
     assert unreachable == [old]
+
+
+class Instance:
+    """An engine instance as the pool sees it: identity and its model's definition."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model = SimpleNamespace(id=model_id, backend=Backend.VLLM)
+
+
+async def test_the_old_and_new_engine_of_a_reloaded_model_never_share_a_pool() -> None:
+    upstream = Upstream()
+    old, new = Instance("m"), Instance("m")
+    old_pool, new_pool = upstream._client(old), upstream._client(new)
+    assert old_pool is not new_pool
+    await upstream.disconnect(old)  # the old engine is about to stop
+    assert old_pool.closed and not new_pool.closed
+    assert upstream._client(new) is new_pool
+    await upstream.close()

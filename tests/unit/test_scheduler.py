@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from router_app.placement import Candidate, choose_victims
-from router_app.scheduler import CancelLoad, Evict, Fail, Grant, Load, ModelSpec, Phase, Scheduler
+from router_app.control.policy.placement import Candidate, choose_victims
+from router_app.control.policy.scheduler import CancelLoad, Evict, Fail, Grant, Load, ModelSpec, Phase, Scheduler
 
 G = 1024**3
 

@@ -8,8 +8,19 @@ from itertools import combinations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router_app.placement import Candidate, choose_victims, format_bytes, victim_order
-from router_app.scheduler import CancelLoad, Evict, EvictCause, Fail, Grant, Load, ModelSpec, Phase, Scheduler, Waiting
+from router_app.control.policy.placement import Candidate, choose_victims, format_bytes, victim_order
+from router_app.control.policy.scheduler import (
+    CancelLoad,
+    Evict,
+    EvictCause,
+    Fail,
+    Grant,
+    Load,
+    ModelSpec,
+    Phase,
+    Scheduler,
+    Waiting,
+)
 
 G = 1024**3
 M = 1024**2

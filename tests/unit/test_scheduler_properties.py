@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from router_app.scheduler import CancelLoad, Evict, Fail, Grant, Load, ModelSpec, Scheduler
+from router_app.control.policy.scheduler import CancelLoad, Evict, Fail, Grant, Load, ModelSpec, Scheduler
 
 CAPACITY = 10  # of each known device
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from router_app.config import StatusStyle
-from router_app.sse import ChunkFactory, speed_report, strip_router_lines
+from router_app.wire.sse import ChunkFactory, speed_report, strip_router_lines
 
 
 def payload(chunk: bytes) -> dict:

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 
 from router_app.config import ModelConfig, RouterSettings
-from router_app.engines import EngineAdapter, Health
-from router_app.runtime import ModelRuntime, SwitchError
-from router_app.supervisor import SupervisorError
-from router_app.switcher import Switcher
+from router_app.control.switcher import Switcher
+from router_app.engines.adapters import EngineAdapter, Health
+from router_app.engines.instance import EngineInstance, SwitchError
+from router_app.engines.supervisors import SupervisorError
 
 pytestmark = pytest.mark.anyio
 
@@ -79,7 +79,7 @@ def build(
     journal: list[str], drain_timeout_s: float = 30, failing: str = "", fairness_s: float = 10, loaded: bool = True
 ) -> Switcher:
     """Models a and b; `loaded`: each has loaded before (so a load is not a first load)."""
-    from router_app.history import History
+    from router_app.memory.history import History
 
     settings = RouterSettings(drain_timeout_s=drain_timeout_s, fairness_s=fairness_s)
     runtimes = {}
@@ -87,7 +87,7 @@ def build(
     for name in ("a", "b"):
         model = ModelConfig(id=name, backend="llamacpp", port=1, command=["x"])
         supervisor = MemorySupervisor(name, journal, fail_start=name == failing)
-        runtimes[name] = ModelRuntime(model, ReadyAdapter(model, supervisor), supervisor, settings)
+        runtimes[name] = EngineInstance(model, ReadyAdapter(model, supervisor), supervisor, settings)
         if loaded:
             history.record_load(name, 1.0, model.revision)
     return Switcher(runtimes, settings, history=history)
@@ -100,7 +100,7 @@ async def test_evicted_model_stops_before_target_starts() -> None:
     first = switcher.ticket("b")
     await first.wait()
     assert journal == ["start a", "stop a", "start b"]
-    assert switcher.current() == {"default": ["b"]}
+    assert switcher.view.current() == {"default": ["b"]}
     first.release()
 
 
@@ -125,7 +125,7 @@ async def test_failed_load_reports_logs_and_router_recovers() -> None:
     assert "error: failed to load model" in str(err.value)
     assert switcher.runtimes["b"].state == "failed"
     await switcher.load("a")
-    assert switcher.current() == {"default": ["a"]}
+    assert switcher.view.current() == {"default": ["a"]}
 
 
 async def test_waiting_ticket_released_by_vanished_client() -> None:
@@ -138,7 +138,7 @@ async def test_waiting_ticket_released_by_vanished_client() -> None:
     assert "Waiting for 1 request(s) on a" in waiting.status()
     waiting.release()  # the client went away
     holder.release()
-    await asyncio.wait_for(_until(lambda: not switcher.switching()), 10)
+    await asyncio.wait_for(_until(lambda: not switcher.view.switching()), 10)
     assert switcher.scheduler.inflight("b") == 0 and not switcher._tickets
 
 
@@ -217,7 +217,7 @@ async def test_reconfigure_keeps_unchanged_models_and_drains_changed_and_removed
     for name in ("a", "b", "c"):
         model = ModelConfig(id=name, backend="llamacpp", port=1, command=["x"], group=name)
         supervisor = MemorySupervisor(name, journal)
-        runtimes[name] = ModelRuntime(model, ReadyAdapter(model, supervisor), supervisor, settings)
+        runtimes[name] = EngineInstance(model, ReadyAdapter(model, supervisor), supervisor, settings)
     switcher = Switcher(runtimes, settings)
     for name in ("a", "b", "c"):  # one group each (no memory info: a group holds one model): all resident
         await switcher.load(name)
@@ -229,14 +229,14 @@ async def test_reconfigure_keeps_unchanged_models_and_drains_changed_and_removed
 
     changed = ModelConfig(id="b", backend="llamacpp", port=1, command=["x", "--new"], group="b")
     new_supervisor = MemorySupervisor("b-new", journal)
-    new_b = ModelRuntime(changed, ReadyAdapter(changed, new_supervisor), new_supervisor, settings)
+    new_b = EngineInstance(changed, ReadyAdapter(changed, new_supervisor), new_supervisor, settings)
     reload = asyncio.create_task(switcher.reconfigure({"b": new_b}, changed={"b"}, removed={"c"}))
     await asyncio.wait_for(_until(lambda: "stop c" in journal), 10)
     waiting = switcher.ticket("b")  # a request for b during the reload waits for the new definition
     await asyncio.sleep(0.05)
     assert "stop b" not in journal, "b's old engine finishes its request first"
     # The request granted before the reload is sent to the old engine, never to the new one under b's name,
-    # which has not started (the reload race: proxy/core.py looked the engine up by name when sending).
+    # which has not started (the reload race: the proxy looked the engine up by name when sending).
     assert switcher.runtimes["b"] is new_b and not new_supervisor.running
     assert in_flight.runtime is old_b
     in_flight.release()
@@ -245,7 +245,7 @@ async def test_reconfigure_keeps_unchanged_models_and_drains_changed_and_removed
     assert journal == ["stop c", "stop b", "start b-new"]
     assert waiting.runtime is new_b
     assert switcher.runtimes["b"] is new_b and "c" not in switcher.runtimes
-    assert sorted(switcher.runtimes) == ["a", "b"] and switcher.status("a") == "loaded"
+    assert sorted(switcher.runtimes) == ["a", "b"] and switcher.view.status("a") == "loaded"
     waiting.release()
 
 
@@ -263,7 +263,7 @@ async def test_a_reload_while_a_load_finishes_still_retires_the_old_engine() -> 
         return []
 
     supervisor.pids = slow_pids  # type: ignore[method-assign]
-    runtime = ModelRuntime(model, ReadyAdapter(model, supervisor), supervisor, settings)
+    runtime = EngineInstance(model, ReadyAdapter(model, supervisor), supervisor, settings)
 
     class Memory:  # enough of MemoryModel for the switcher to measure after a load
         enabled = True
@@ -344,7 +344,7 @@ def adopting(
     says: bool | None, slept_pid: int | None, running_pid: int = 4242, known: bool = True, **settings_: float
 ) -> tuple[Switcher, SleepyAdapter]:
     """An SGLang-like model found running at start; `known`: the history records sleeps (persisted, new format)."""
-    from router_app.history import History
+    from router_app.memory.history import History
 
     settings = RouterSettings(**settings_)
     model = ModelConfig(id="s", backend="sglang", port=1, command=["x"], evict="sleep")
@@ -354,7 +354,7 @@ def adopting(
     history.records_sleep = known
     history.get("s").asleep_pid = slept_pid
     history.get("s").asleep_fingerprint = "the weights' answer" if slept_pid else None
-    return Switcher({"s": ModelRuntime(model, adapter, supervisor, settings)}, settings, history=history), adapter
+    return Switcher({"s": EngineInstance(model, adapter, supervisor, settings)}, settings, history=history), adapter
 
 
 @pytest.mark.parametrize(
@@ -425,7 +425,7 @@ async def test_the_engine_put_to_sleep_is_recorded_before_it_sleeps() -> None:
 async def test_a_first_load_gets_first_load_timeout_later_ones_load_timeout() -> None:
     """A first start compiles (FlashInfer/Triton JIT, torch.compile, CUDA graphs) and downloads; its caches make the
     later ones fast (engine-audit-2 #11). History keeps the revision a model last loaded with."""
-    from router_app.history import History
+    from router_app.memory.history import History
 
     settings = RouterSettings(load_timeout_s=0.2, first_load_timeout_s=30)
     model = ModelConfig(id="a", backend="llamacpp", port=1, command=["x"], revision="r1")
@@ -443,7 +443,7 @@ async def test_a_first_load_gets_first_load_timeout_later_ones_load_timeout() ->
 
     supervisor.start = start  # type: ignore[method-assign]
     history = History(None)
-    runtime = ModelRuntime(model, CompilingAdapter(model, supervisor), supervisor, settings)
+    runtime = EngineInstance(model, CompilingAdapter(model, supervisor), supervisor, settings)
     switcher = Switcher({"a": runtime}, settings, history=history)
     await switcher.load("a")  # 0.5 s > load_timeout_s: only the first-load timeout lets it through
     assert history.loaded_before("a", "r1") and not history.loaded_before("a", "r2")
@@ -483,8 +483,8 @@ async def test_a_wake_never_gets_the_first_load_timeout() -> None:
 
 async def test_only_engines_that_build_kernels_at_first_use_get_the_sampled_probe() -> None:
     """llama.cpp compiles nothing at first use (SASS built by the role) and may serve an embedding-only model."""
-    from router_app.engines.llamacpp import LlamaCppAdapter
-    from router_app.engines.sglang import SGLangAdapter
+    from router_app.engines.adapters.llamacpp import LlamaCppAdapter
+    from router_app.engines.adapters.sglang import SGLangAdapter
 
     assert not LlamaCppAdapter.samples_on_load and SGLangAdapter.samples_on_load
     journal: list[str] = []

@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from router_app.supervisor import SupervisorError, SystemdSupervisor, default_unit_name, systemd_escape
-from router_app.supervisor.systemd import CommandResult
+from router_app.engines.supervisors import SupervisorError, SystemdSupervisor, default_unit_name, systemd_escape
+from router_app.engines.supervisors.systemd import CommandResult
 
 pytestmark = pytest.mark.anyio
 

@@ -20,10 +20,10 @@ import httpx
 import pytest
 
 from router_app.config import ModelConfig
-from router_app.engines import EngineError
-from router_app.engines.sglang import SGLangAdapter
-from router_app.engines.tabbyapi import LoadProgress, TabbyAPIAdapter, follow_load
-from router_app.engines.vllm import VLLMAdapter
+from router_app.engines.adapters import EngineError
+from router_app.engines.adapters.sglang import SGLangAdapter
+from router_app.engines.adapters.tabbyapi import LoadProgress, TabbyAPIAdapter, follow_load
+from router_app.engines.adapters.vllm import VLLMAdapter
 
 
 def event(**payload: object) -> list[str]:

@@ -1,0 +1,545 @@
+"""The single owner of scheduling state.
+
+Every scheduler event happens here, synchronously on the event loop, so no two coroutines ever
+see the state half-changed. The owner turns the scheduler's effects into actions: resolving
+waiting requests, one task per load or eviction, cancelling abandoned loads, and a timer for the
+scheduler's next deadline (idle TTL, fairness and drain bounds). It also learns what each model
+costs: its load time and, once ready, its footprint (`router_app.memory.devices`), kept in `History`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from router_app.config import RouterSettings
+from router_app.control.policy.placement import format_bytes
+from router_app.control.policy.scheduler import (
+    CancelLoad,
+    Effect,
+    Evict,
+    Fail,
+    Grant,
+    Load,
+    ModelSpec,
+    Phase,
+    Scheduler,
+)
+from router_app.control.views import SwitchView
+from router_app.engines.instance import EngineInstance, ModelState, SwitchError
+from router_app.memory.devices import MemoryModel
+from router_app.memory.estimate import estimate_footprint, footprint_key
+from router_app.memory.history import History
+from router_app.metrics import RouterMetrics
+
+log = logging.getLogger(__name__)
+
+
+class ModelTooLarge(SwitchError):
+    """The model can never fit on its devices."""
+
+
+class Ticket:
+    """A request's claim on a model: wait for `granted`, then `release` exactly once."""
+
+    def __init__(self, switcher: Switcher, request_id: int, model: str) -> None:
+        self._switcher = switcher
+        self.request_id = request_id
+        self.model = model
+        self.granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.created = time.monotonic()
+        self.waited = False
+        self.runtime: EngineInstance | None = None  # the engine instance it was granted
+        self._released = False
+
+    async def wait(self) -> None:
+        """Wait until the model is resident (raises SwitchError if its load failed)."""
+        await asyncio.shield(self.granted)
+
+    def status(self) -> str:
+        """A one-line description of what this request is waiting for."""
+        return self._switcher.view.describe_wait(self.request_id, self.model, self.created)
+
+    def release(self) -> None:
+        """The request is over (served, failed or abandoned by its client)."""
+        if self._released:
+            return
+        self._released = True
+        switcher = self._switcher
+        if self.granted.done() and not self.granted.cancelled() and self.granted.exception() is None:
+            switcher.apply(switcher.scheduler.release(self.request_id, switcher.clock()))
+        else:
+            switcher.forget(self.request_id)
+            switcher.apply(switcher.scheduler.cancel(self.request_id, switcher.clock()))
+            if not self.granted.done():
+                self.granted.cancel()
+
+
+class Switcher:
+    """Owns the scheduler, the engine instances and the load/evict tasks; `view` reads them for the outside."""
+
+    def __init__(
+        self,
+        runtimes: dict[str, EngineInstance],
+        settings: RouterSettings,
+        metrics: RouterMetrics | None = None,
+        before_evict: Callable[[EngineInstance], Awaitable[None]] | None = None,
+        memory: MemoryModel | None = None,
+        history: History | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.runtimes = runtimes
+        self.settings = settings
+        self.memory = memory
+        self.history = history or History(None)
+        self.clock = clock
+        self._metrics = metrics
+        self._before_evict = before_evict
+        self.scheduler = Scheduler(
+            memory.capacities() if memory else {},
+            [self._spec(rt) for rt in runtimes.values() if rt.supervisor is not None],
+            fairness_s=settings.fairness_s,
+            drain_timeout_s=settings.drain_timeout_s,
+            default_ttl_s=settings.idle_ttl_s,
+        )
+        for model_id, runtime in runtimes.items():
+            median = self.history.get(model_id).median_load_s()
+            if median is not None and self.scheduler.manages(model_id):
+                self.scheduler.set_reload_cost(model_id, median)
+            runtime.on_lost = self._lost_handler(runtime)
+        self._ids: Iterator[int] = itertools.count(1)
+        self._tickets: dict[int, Ticket] = {}
+        self._loads: dict[str, asyncio.Task[None]] = {}
+        self._load_started: dict[str, float] = {}
+        self._evictions: dict[str, asyncio.Task[None]] = {}
+        self._evicted: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closing = False
+        self._listeners: list[Callable[[str, str], None]] = []
+        self._stopped: dict[str, asyncio.Event] = {}
+        self._reloads = 0
+        self.view = SwitchView(self.scheduler, self.runtimes, self._load_started, self.history, memory, clock)
+        self._statuses: dict[str, str] = {m: self.view.status(m) for m in runtimes}
+
+    def _spec(self, runtime: EngineInstance) -> ModelSpec:
+        model = runtime.model
+        memory = self.memory
+        enabled = memory is not None and memory.enabled
+        devices = memory.devices_of(model) if memory is not None else (model.group or "default",)
+        footprint = sleep_footprint = None
+        estimated = False
+        if enabled and memory is not None:
+            learned = self.history.footprint(model.id, footprint_key(model))
+            capacity = min((memory.capacities().get(d) or 0 for d in devices), default=0) or None
+            footprint = model.memory or (max(learned.values()) if learned else None)
+            if footprint is not None and capacity is not None and model.memory is None:
+                footprint = min(footprint, capacity)  # learned: never "can never fit" because of a reserve
+            if footprint is None:
+                footprint = estimate_footprint(model, capacity, len(devices))
+                estimated = footprint is not None
+            asleep = self.history.get(model.id).sleep_footprint
+            sleep_footprint = model.sleep_memory or (max(asleep.values()) if asleep else None)
+        return ModelSpec(
+            id=model.id,
+            devices=devices,
+            footprint=footprint,
+            estimated=estimated,
+            sleep_footprint=sleep_footprint or 0,
+            sleeps=model.evict == "sleep" and runtime.adapter.supports_sleep,
+            group=model.group if enabled else None,
+            pinned=model.pinned,
+            ttl_s=model.ttl_s,
+            # A first load compiles what later ones find cached: finished even when its clients left, or a client
+            # timeout shorter than the compile would restart it from scratch at every request.
+            cancel_abandoned=model.cancel_abandoned and self.history.loaded_before(model.id, model.revision),
+        )
+
+    # --- requests ------------------------------------------------------------------------
+
+    def ticket(self, model: str) -> Ticket:
+        """Claim `model` for one request; granted at once if it is resident and not draining."""
+        ticket = Ticket(self, next(self._ids), model)
+        self._tickets[ticket.request_id] = ticket
+        self.apply(self.scheduler.request(ticket.request_id, model, self.clock()))
+        ticket.waited = not ticket.granted.done()
+        return ticket
+
+    def forget(self, request_id: int) -> None:
+        """Drop a ticket whose client went away before it was granted."""
+        self._tickets.pop(request_id, None)
+
+    def apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Grant):
+                ticket = self._tickets.pop(effect.request_id, None)
+                if ticket is not None and not ticket.granted.done():
+                    ticket.runtime = self.runtimes.get(effect.model)
+                    ticket.granted.set_result(None)
+            elif isinstance(effect, Fail):
+                ticket = self._tickets.pop(effect.request_id, None)
+                if ticket is not None and not ticket.granted.done():
+                    error = ModelTooLarge if effect.code == "model_too_large" else SwitchError
+                    ticket.granted.set_exception(error(effect.reason))
+                    ticket.granted.exception()  # mark retrieved: a vanished client may never look
+            elif isinstance(effect, Load):
+                self._spawn(self._load(effect.model), f"load-{effect.model}", self._loads, effect.model)
+            elif isinstance(effect, Evict):
+                self._evicted.setdefault(effect.model, asyncio.Event()).clear()
+                self._spawn(
+                    self._evict(effect.model, effect),
+                    f"evict-{effect.model}",
+                    self._evictions,
+                    effect.model,
+                )
+            elif isinstance(effect, CancelLoad):
+                task = self._loads.get(effect.model)
+                if task is not None:
+                    log.info("load of %s cancelled: every waiting client left", effect.model)
+                    task.cancel()
+        self._arm_timer()
+        self._notify()
+        for model, event in self._stopped.items():
+            if self.scheduler.manages(model) and self.scheduler.phase(model) is Phase.STOPPED:
+                event.set()
+        for model, event in self._evicted.items():  # unload() waits for this, however the model got there
+            if not self.scheduler.manages(model) or self.scheduler.phase(model) in (Phase.STOPPED, Phase.SLEEPING):
+                event.set()
+
+    def subscribe(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
+        """Call `listener(model, status)` on every status change; returns the unsubscribe function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _notify(self) -> None:
+        for model in self.runtimes:
+            if "~" in model:  # a retiring engine of a config reload: not a model clients know
+                continue
+            status = self.view.status(model)
+            if self._statuses.get(model) != status:
+                self._statuses[model] = status
+                for listener in list(self._listeners):
+                    try:
+                        listener(model, status)
+                    except Exception:
+                        log.exception("status listener failed")
+
+    def _spawn(self, coro: Awaitable[None], name: str, registry: dict[str, asyncio.Task[None]], model: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        registry[model] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _arm_timer(self) -> None:
+        if self._closing:
+            return
+        deadline = self.scheduler.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, deadline
+        if deadline is not None:
+            delay = max(deadline - self.clock(), 0.0) + 0.001
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self.apply(self.scheduler.tick(self.clock()))
+
+    # --- loads and evictions ---------------------------------------------------------------
+
+    async def _load(self, model: str) -> None:
+        runtime = self.runtimes[model]
+        started = self.clock()
+        self._load_started[model] = started
+        ok, reason = True, ""
+        spec = self.scheduler.spec(model)
+        try:
+            if self.memory is not None and self.memory.enabled:
+                short = await self.memory.wait_free(spec.devices, spec.footprint)
+                if short:
+                    log.warning(
+                        "starting %s although memory is not free after %.0f s: %s",
+                        model,
+                        self.memory.settings.free_wait_s,
+                        short,
+                    )
+            await runtime.activate(first_load=not self.history.loaded_before(runtime.model.id, runtime.model.revision))
+        except SwitchError as exc:
+            ok, reason = False, str(exc)
+            log.error("loading %s failed: %s", model, reason)
+        except asyncio.CancelledError:
+            if self._closing:
+                raise
+            ok, reason = False, f"loading {model} was cancelled: every waiting client left"
+            runtime.mark_stopped()
+        except Exception as exc:  # a bug or an unexpected OS error must not wedge the scheduler
+            ok, reason = False, f"{model}: {type(exc).__name__}: {exc}"
+            log.exception("loading %s failed", model)
+        finally:
+            model = self._id_of(runtime)
+            self._loads.pop(model, None)  # a config reload may have renamed it meanwhile
+        elapsed = self.clock() - started
+        name = runtime.model.id  # history and metrics: the model's own id, also for a retiring engine
+        if self._metrics is not None:
+            self._metrics.switch_done(name, ok, elapsed)
+        if ok:
+            self.history.record_load(name, runtime.load_seconds or elapsed, runtime.model.revision)
+            self.history.record_asleep(name, None)
+            await self._learn(runtime, asleep=False)
+        model = self._id_of(runtime)  # after the last await: a config reload may have renamed it
+        if not self.scheduler.manages(model):
+            return
+        if ok:
+            self.scheduler.set_reload_cost(model, self.history.get(name).median_load_s() or elapsed)
+            spec = self.scheduler.spec(model)
+            self.scheduler.set_spec(ModelSpec(**{**spec.__dict__, "cancel_abandoned": runtime.model.cancel_abandoned}))
+        log.info("load of %s %s in %.2f s", model, "done" if ok else "FAILED", elapsed)
+        self.apply(self.scheduler.load_done(model, ok, reason, self.clock()))
+
+    async def _evict(self, model: str, evict: Evict) -> None:
+        """Sleep or stop `model` (`evict.stop`: the scheduler wants it stopped, e.g. requests cut at a drain bound
+        may still run in it), then report to the scheduler."""
+        runtime = self.runtimes[model]
+        stop = evict.stop
+        log.info("evicting %s (%s): %s", model, evict.cause.value, evict.reason)
+        runtime.last_eviction = {"cause": evict.cause.value, "reason": evict.reason, "at": round(time.time(), 3)}
+        if self._metrics is not None:
+            self._metrics.evictions.labels(runtime.model.id, evict.cause.value).inc()
+        try:
+            if self._before_evict is not None:
+                await self._before_evict(runtime)
+            if not stop and runtime.may_sleep and runtime.state is ModelState.READY and runtime.supervisor is not None:
+                # Before the sleep request: a router that dies meanwhile adopts the engine as asleep at its next
+                # start (runtime.inspect), which SGLang cannot tell itself.
+                pids = await runtime.supervisor.pids()
+                self.history.record_asleep(runtime.model.id, pids[0] if pids else None, runtime.fingerprint)
+            await runtime.deactivate(stop=stop)
+        except Exception as exc:
+            log.exception("evicting %s failed", model)
+            await self._until_gone(runtime, exc)
+        finally:
+            model = self._id_of(runtime)
+            self._evictions.pop(model, None)
+        slept = runtime.state is ModelState.SLEEPING
+        if not slept:
+            self.history.record_asleep(runtime.model.id, None)
+        if slept:
+            await self._learn(runtime, asleep=True)
+        model = self._id_of(runtime)  # after the last await: a config reload may have renamed it
+        if self.scheduler.manages(model):
+            self.apply(self.scheduler.evict_done(model, slept, self.clock()))
+
+    async def _until_gone(self, runtime: EngineInstance, error: Exception) -> None:
+        """A sleep or stop that failed may leave the engine holding its memory: the eviction stays under way (its
+        memory counted, the newcomer waiting) until the engine is gone, asked to stop again with backoff."""
+        supervisor = runtime.supervisor
+        delay = 0.05
+        while supervisor is not None and await supervisor.is_running():
+            runtime.last_error = f"could not be stopped: {error}"
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                await runtime.deactivate(stop=True)
+            except Exception as exc:
+                log.warning("stopping %s failed again: %s", runtime.model.id, exc)
+                error = exc
+        log.info("model %s is gone after a failed eviction", runtime.model.id)
+
+    async def _learn(self, runtime: EngineInstance, asleep: bool) -> None:
+        """Measure what the engine uses now and let the scheduler count with it from here on."""
+        memory = self.memory
+        model = runtime.model.id
+        if memory is None or not memory.enabled or runtime.supervisor is None:
+            return
+        try:
+            pids = await runtime.supervisor.pids()
+            usage = await asyncio.to_thread(memory.measure, runtime.model, pids)
+        except Exception as exc:
+            log.warning("cannot measure the memory of %s: %s", model, exc)
+            return
+        if not usage or not any(usage.values()):
+            return
+        self.history.record_footprint(runtime.model.id, footprint_key(runtime.model), usage, asleep=asleep)
+        measured = max(usage.values())
+        capacities = [c for d, c in memory.capacities().items() if d in usage and c is not None]
+        if capacities:  # more than a device holds (a reserve, a CUDA context): it needs the device to itself
+            measured = min(measured, min(capacities))
+        model = self._id_of(runtime)
+        if not self.scheduler.manages(model):
+            return
+        if runtime.model.memory is None and not asleep:
+            self.scheduler.set_footprint(model, measured)
+        elif asleep and runtime.model.sleep_memory is None:
+            self.scheduler.set_footprint(model, self.scheduler.spec(model).footprint, measured)
+        log.info(
+            "%s uses %s%s (%s)",
+            model,
+            format_bytes(measured),
+            " asleep" if asleep else "",
+            ", ".join(f"{d}: {format_bytes(b)}" for d, b in sorted(usage.items())),
+        )
+
+    def _lost_handler(self, runtime: EngineInstance) -> Callable[[str, str], None]:
+        """The runtime reports its config id; the scheduler knows it by its current one (a retiring engine)."""
+        return lambda _model, how: self._engine_lost(self._id_of(runtime), how)
+
+    def _engine_lost(self, model: str, how: str) -> None:
+        log.warning("model %s lost its engine (%s); the next request loads it again", model, how)
+        self.apply(self.scheduler.engine_lost(model, self.clock()))
+
+    def mark_unreachable(self, runtime: EngineInstance) -> None:
+        """The proxy could not connect to a supposedly ready engine: reload it on the next request."""
+        model = self._id_of(runtime)
+        if self.runtimes.get(model) is runtime and runtime.supervisor is not None and runtime.state is ModelState.READY:
+            runtime.state = ModelState.FAILED
+            runtime.last_error = "engine refused connections"
+            self.apply(self.scheduler.engine_lost(model, self.clock()))
+
+    # --- config reload: the old engine of a changed or removed model is renamed to a retiring id, drains and
+    # stops like any eviction, and is forgotten; the new definition of a changed model shares a temporary
+    # exclusive group with it, so it cannot start (maybe the same systemd unit) before the old one is gone.
+
+    def _id_of(self, runtime: EngineInstance) -> str:
+        return next((key for key, rt in self.runtimes.items() if rt is runtime), runtime.model.id)
+
+    def _rename(self, model: str, new_id: str) -> None:
+        self.scheduler.rename(model, new_id)
+        self.runtimes[new_id] = self.runtimes.pop(model)
+        for table in (self._loads, self._evictions, self._load_started, self._evicted, self._statuses):
+            if model in table:
+                table[new_id] = table.pop(model)  # type: ignore[index]
+
+    async def reconfigure(self, runtimes: dict[str, EngineInstance], changed: set[str], removed: set[str]) -> None:
+        """Apply a reloaded config. `runtimes` are the new engines of added and changed models; unchanged models
+        keep running and keep their requests. The old engines of changed and removed models drain, stop and are
+        forgotten; requests waiting for a changed model wait for its new definition, those for a removed one fail."""
+        self._reloads += 1
+        now = self.clock()
+        retiring: list[tuple[str, str | None]] = []
+        for model in sorted(changed | removed):
+            old = f"{model}~retiring-{self._reloads}"
+            self._rename(model, old)
+            retiring.append((old, model if model in changed else None))
+        for model, runtime in runtimes.items():
+            runtime.on_lost = self._lost_handler(runtime)
+            self.runtimes[model] = runtime
+            spec = self._spec(runtime)
+            if model in changed:  # not before the old engine (maybe the same systemd unit) is gone
+                old = next(o for o, successor in retiring if successor == model)
+                group = f"~reload-{model}"
+                self.scheduler.set_spec(ModelSpec(**{**self.scheduler.spec(old).__dict__, "group": group}))
+                spec = ModelSpec(**{**spec.__dict__, "group": group})
+            self.scheduler.add(spec)
+            self._statuses[model] = self.view.status(model)
+        for old, successor in retiring:
+            self._stopped[old] = asyncio.Event()
+            log.info(
+                "config reload: %s %s; its engine drains and stops",
+                old.split("~")[0],
+                "changed" if successor else "removed",
+            )
+            self.apply(self.scheduler.retire(old, self.clock(), successor))
+        for old, successor in retiring:
+            try:
+                await self._stopped[old].wait()
+            finally:  # each retiring engine is forgotten, whatever happened to the others
+                del self._stopped[old]
+                self.scheduler.remove(old)
+                self.runtimes.pop(old, None)
+                self._statuses.pop(old, None)
+                if successor is not None:
+                    self.scheduler.set_spec(self._spec(self.runtimes[successor]))
+        self.apply([])
+        for model, runtime in runtimes.items():  # changed pinned/preload models come back like at start
+            if runtime.model.preload or runtime.model.pinned:
+                self._tasks.add(asyncio.create_task(self._preload(model), name=f"preload-{model}"))
+        log.info("config reload done in %.2f s", self.clock() - now)
+
+    def update_settings(self, settings: RouterSettings) -> None:
+        """Settings that apply without a restart: fairness, drain bound, idle TTL."""
+        self.settings = settings
+        self.scheduler.fairness_s = settings.fairness_s
+        self.scheduler.drain_timeout_s = settings.drain_timeout_s
+        self.scheduler.default_ttl_s = settings.idle_ttl_s
+        self.apply([])
+
+    # --- admin ---------------------------------------------------------------------------
+
+    async def load(self, model: str) -> None:
+        """Make `model` resident as if a request came, without serving anything."""
+        ticket = self.ticket(model)
+        try:
+            await ticket.wait()
+        finally:
+            ticket.release()
+
+    async def unload(self, model: str) -> bool:
+        """Evict `model` (after its requests finish); returns whether anything was unloaded."""
+        if not self.scheduler.manages(model):
+            return False
+        before = self.scheduler.phase(model)
+        if before not in (Phase.READY, Phase.SLEEPING):
+            return False
+        event = self._evicted.setdefault(model, asyncio.Event())
+        event.clear()
+        self.apply(self.scheduler.unload(model, self.clock()))
+        await event.wait()
+        return True
+
+    # --- start and stop --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Adopt engines that already run (systemd units survive a router restart), then preload."""
+        now = self.clock()
+        for runtime in self.runtimes.values():
+            if runtime.supervisor is None:
+                continue
+            model = runtime.model.id
+            if not await runtime.supervisor.is_running():
+                continue
+            record = self.history.sleep_record(model)
+            state = await runtime.inspect(record)
+            if state is None:
+                await runtime.supervisor.stop()
+            elif self.scheduler.fits_now(model, asleep=state is ModelState.SLEEPING):
+                runtime.take_over(state, record.fingerprint)
+                self.scheduler.adopt(model, now, asleep=state is ModelState.SLEEPING)
+                if state is ModelState.SLEEPING:
+                    continue
+            else:
+                log.info("model %s is running but does not fit next to the adopted ones: stopping it", model)
+                await runtime.supervisor.stop()
+            self.history.record_asleep(model, None)
+        for runtime in self.runtimes.values():
+            if runtime.supervisor is not None and (runtime.model.preload or runtime.model.pinned):
+                self._tasks.add(
+                    asyncio.create_task(self._preload(runtime.model.id), name=f"preload-{runtime.model.id}")
+                )
+        self._arm_timer()
+
+    async def _preload(self, model: str) -> None:
+        try:
+            await self.load(model)
+            log.info("preloaded %s", model)
+        except SwitchError as exc:
+            log.error("preloading %s failed: %s", model, exc)
+
+    async def shutdown(self, stop_engines: bool) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        if stop_engines:
+            await asyncio.gather(*(rt.shutdown() for rt in self.runtimes.values()))

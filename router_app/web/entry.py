@@ -1,0 +1,191 @@
+"""The ASGI entry point uvicorn runs: body size limit, client and admin keys, then the proxied OpenAI calls
+straight to the proxy and everything else to the FastAPI app."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from router_app.config import RouterSettings
+from router_app.live import Keys, LiveConfig
+from router_app.proxy import ROUTES, Proxy
+from router_app.wire.errors import is_anthropic_path, json_error
+
+log = logging.getLogger(__name__)
+
+
+def key_from(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than `router.max_request_size`."""
+
+
+class ClientLeft(Exception):
+    """The client disconnected while sending its body."""
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole body, counted as it arrives: stops reading (BodyTooLarge) once it passes `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientLeft()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the already-read body once, then the client's further messages (disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+MODEL_CONTROL = ("/models/load", "/models/unload")
+
+
+class EntryPoint:
+    """The ASGI app uvicorn runs: the size limit and auth for every request, then the proxied routes straight to
+    the proxy (the hot path skips FastAPI's routing and middleware layers: measured in bench/latency.py),
+    everything else to the FastAPI app. Pure ASGI, so streamed responses are never buffered."""
+
+    def __init__(self, app: FastAPI, proxy: Proxy, live: LiveConfig) -> None:
+        self.app = app
+        self.proxy = proxy
+        self.live = live
+
+    @property
+    def keys(self) -> Keys:
+        return self.live.current.keys
+
+    @property
+    def settings(self) -> RouterSettings:
+        return self.live.current.settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive, send)
+        denial = self._check(request)
+        if denial is None:
+            denial = self._too_large(request)
+        if denial is not None:
+            await denial(scope, receive, send)
+            return
+        path = scope["path"]
+        endpoint = ROUTES.get(path)
+        if scope["method"] not in ("POST", "PUT", "PATCH") and endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await read_body(receive, self.settings.max_request_size)
+        except BodyTooLarge:
+            await self._size_error(path)(scope, receive, send)
+            return
+        except ClientLeft:
+            return
+        if endpoint is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        if scope["method"] != "POST":
+            response = json_error(
+                405, f"use POST for {path}", "invalid_request_error", anthropic=is_anthropic_path(path)
+            )
+        else:
+            try:
+                response = await self.proxy.handle(request, endpoint, body)
+            except Exception as exc:  # a bug must still answer in the API's shape
+                log.exception("proxy failed")
+                response = json_error(
+                    500,
+                    f"internal error: {type(exc).__name__}: {exc}",
+                    "server_error",
+                    anthropic=is_anthropic_path(path),
+                )
+        await response(scope, receive, send)
+
+    def _size_error(self, path: str) -> Response:
+        limit = self.settings.max_request_size
+        return json_error(
+            413,
+            f"request body larger than {limit} bytes (router.max_request_size)",
+            "invalid_request_error",
+            code="request_too_large",
+            anthropic=is_anthropic_path(path),
+        )
+
+    def _too_large(self, request: Request) -> Response | None:
+        """Refuse by Content-Length before reading anything."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.settings.max_request_size:
+            return self._size_error(request.scope["path"])
+        return None
+
+    def _check(self, request: Request) -> Response | None:
+        path = request.scope["path"]
+        anthropic = is_anthropic_path(path)
+        presented = key_from(request)
+        if path.startswith("/admin/"):
+            return self._need_admin(presented)
+        if path in MODEL_CONTROL and request.scope["method"] == "POST":
+            control = self.settings.model_control
+            if control == "none":
+                return json_error(
+                    403,
+                    "loading and unloading through /models is off: router.model_control is 'none'",
+                    "permission_error",
+                    code="model_control_disabled",
+                )
+            if control == "admin":
+                return self._need_admin(presented)
+        needs_client = path.startswith("/v1/") or path in ROUTES or path == "/models" or path.startswith("/models/")
+        if needs_client and not self.keys.client_ok(presented):
+            return json_error(
+                401,
+                "missing or invalid API key (Authorization: Bearer KEY)",
+                "authentication_error",
+                code="invalid_api_key",
+                anthropic=anthropic,
+            )
+        return None
+
+    def _need_admin(self, presented: str | None) -> Response | None:
+        if self.keys.admin is None:
+            return json_error(
+                403,
+                "admin API disabled: set router.admin_key_file in the config",
+                "permission_error",
+                code="admin_disabled",
+            )
+        if not self.keys.admin_ok(presented):
+            return json_error(
+                401,
+                "admin key required (Authorization: Bearer ADMIN_KEY)",
+                "authentication_error",
+                code="invalid_api_key",
+            )
+        return None
