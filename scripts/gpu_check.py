@@ -66,8 +66,9 @@ TRAIN_CTX = 1 << 20  # the models' context_length: above any --ctx-size used her
 # Each model's estimate as a share of the device: two fit (0.8 plus CUDA contexts), a third does not (1.2).
 MODEL_SHARE = 0.40
 CPU_BUDGET = 3 * GiB  # run --cpu: the declared budget (memory.devices.cpu); fixed overheads ~2% of a model
-# The estimate (router_app/memory/estimate.py: file + f16 KV at the context + 64 MiB) may miss the engine's real use by this
-# share of itself: a miss this size still lets the scheduler place models right (the spare here is 20%).
+# The estimate (router_app/memory/estimate.py: file + f16 KV at the context + 64 MiB) may miss the engine's real
+# use by this share of itself: a miss this size still lets the scheduler place models right (the spare here is
+# 20%).
 FOOTPRINT_TOLERANCE = 0.05
 # After the stop, NVML's used memory must be back to the baseline taken before the router started, within this.
 FREED_SLACK = 256 * MiB

@@ -117,7 +117,8 @@ def smoke_models(models_dir: Path) -> list[Smoke]:
                 "backend": "tabbyapi",
                 "model": str(models_dir / f"{exl3.split('/')[-1]}-{exl3_rev}"),
                 "format": "exl3",
-                "evict": "sleep",  # unload through the admin API, the process stays (router_app/engines/adapters/tabbyapi.py)
+                # unload through the admin API, the process stays (router_app/engines/adapters/tabbyapi.py)
+                "evict": "sleep",
                 **common,
             },
             exl3,
