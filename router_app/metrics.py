@@ -33,7 +33,10 @@ class RouterMetrics:
             buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
         )
         self.switches = Counter(
-            "llm_router_switches", "Model switches by target and outcome", ["model", "outcome"], registry=self.registry
+            "llm_router_switches",
+            "Model switches by target and outcome (ok, or why the load failed: engines.instance.LoadFailure)",
+            ["model", "outcome"],
+            registry=self.registry,
         )
         self.switch_seconds = Histogram(
             "llm_router_switch_seconds",
@@ -65,9 +68,10 @@ class RouterMetrics:
             registry=self.registry,
         )
 
-    def switch_done(self, model: str, ok: bool, seconds: float) -> None:
-        self.switches.labels(model, "ok" if ok else "failed").inc()
-        if ok:
+    def switch_done(self, model: str, outcome: str, seconds: float) -> None:
+        """A load ended: `outcome` is "ok" or why it failed (engines.instance.LoadFailure)."""
+        self.switches.labels(model, outcome).inc()
+        if outcome == "ok":
             self.switch_seconds.labels(model).observe(seconds)
 
     def render(self) -> bytes:

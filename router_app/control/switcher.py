@@ -23,6 +23,7 @@ from router_app.control.policy.scheduler import (
     Effect,
     Evict,
     Fail,
+    FailCause,
     Grant,
     Load,
     ModelSpec,
@@ -30,7 +31,7 @@ from router_app.control.policy.scheduler import (
     Scheduler,
 )
 from router_app.control.views import SwitchView
-from router_app.engines.instance import EngineInstance, ModelState, SwitchError
+from router_app.engines.instance import EngineInstance, LoadFailure, ModelState, SwitchError
 from router_app.memory.devices import MemoryModel
 from router_app.memory.estimate import estimate_footprint, footprint_key
 from router_app.memory.history import History
@@ -39,8 +40,13 @@ from router_app.metrics import RouterMetrics
 log = logging.getLogger(__name__)
 
 
-class ModelTooLarge(SwitchError):
-    """The model can never fit on its devices."""
+class RequestFailed(SwitchError):
+    """A request's model could not be made resident; `cause` says why, typed (the error code the client gets)."""
+
+    def __init__(self, reason: str, cause: FailCause) -> None:
+        super().__init__(reason)
+        self.cause = cause
+        self.code = cause.value
 
 
 class Ticket:
@@ -184,8 +190,7 @@ class Switcher:
             elif isinstance(effect, Fail):
                 ticket = self._tickets.pop(effect.request_id, None)
                 if ticket is not None and not ticket.granted.done():
-                    error = ModelTooLarge if effect.code == "model_too_large" else SwitchError
-                    ticket.granted.set_exception(error(effect.reason))
+                    ticket.granted.set_exception(RequestFailed(effect.reason, effect.cause))
                     ticket.granted.exception()  # mark retrieved: a vanished client may never look
             elif isinstance(effect, Load):
                 self._spawn(self._load(effect.model), f"load-{effect.model}", self._loads, effect.model)
@@ -259,7 +264,7 @@ class Switcher:
         runtime = self.runtimes[model]
         started = self.clock()
         self._load_started[model] = started
-        ok, reason = True, ""
+        ok, reason, failure = True, "", None
         spec = self.scheduler.spec(model)
         try:
             if self.memory is not None and self.memory.enabled:
@@ -273,15 +278,20 @@ class Switcher:
                     )
             await runtime.activate(first_load=not self.history.loaded_before(runtime.model.id, runtime.model.revision))
         except SwitchError as exc:
-            ok, reason = False, str(exc)
-            log.error("loading %s failed: %s", model, reason)
+            ok, reason, failure = False, str(exc), exc.failure
+            log.error("loading %s failed (%s): %s", model, failure.value, reason)
         except asyncio.CancelledError:
             if self._closing:
                 raise
-            ok, reason = False, f"loading {model} was cancelled: every waiting client left"
+            ok, reason, failure = (
+                False,
+                f"loading {model} was cancelled: every waiting client left",
+                LoadFailure.CANCELLED,
+            )
             runtime.mark_stopped()
         except Exception as exc:  # a bug or an unexpected OS error must not wedge the scheduler
-            ok, reason = False, f"{model}: {type(exc).__name__}: {exc}"
+            ok, reason, failure = False, f"{model}: {type(exc).__name__}: {exc}", LoadFailure.INTERNAL
+            runtime.record_failure(failure, reason)
             log.exception("loading %s failed", model)
         finally:
             model = self._id_of(runtime)
@@ -289,7 +299,7 @@ class Switcher:
         elapsed = self.clock() - started
         name = runtime.model.id  # history and metrics: the model's own id, also for a retiring engine
         if self._metrics is not None:
-            self._metrics.switch_done(name, ok, elapsed)
+            self._metrics.switch_done(name, failure.value if failure is not None else "ok", elapsed)
         if ok:
             self.history.record_load(name, runtime.load_seconds or elapsed, runtime.model.revision)
             self.history.record_asleep(name, None)

@@ -51,8 +51,27 @@ class ModelState(StrEnum):
     FAILED = "failed"
 
 
+class LoadFailure(StrEnum):
+    """Why an engine did not become ready: `last_failure.cause` in /health, the `outcome` of
+    llm_router_switches_total and the load's log line."""
+
+    START_FAILED = "start_failed"  # the supervisor could not start it (no binary, systemctl refused)
+    EXITED = "exited"  # the engine exited while loading
+    TIMEOUT = "timeout"  # not ready within load_timeout_s (first_load_timeout_s for a first load)
+    ENGINE_ERROR = "engine_error"  # the engine refused: a failed load or wake call, an error from its API
+    CANCELLED = "cancelled"  # every waiting client left (a later load; a first load always finishes)
+    INTERNAL = "internal"  # a bug in the router: logged with its traceback
+
+
 class SwitchError(Exception):
-    """Making a model resident failed; the message is fit to show to the client."""
+    """Making a model resident failed; the message is fit to show to the client, `code` is its error code and
+    `failure` why the engine did not become ready."""
+
+    code = "model_load_failed"
+
+    def __init__(self, message: str, failure: LoadFailure = LoadFailure.ENGINE_ERROR) -> None:
+        super().__init__(message)
+        self.failure = failure
 
 
 def free_port(host: str) -> int:
@@ -92,6 +111,7 @@ class EngineInstance:
         self.state = ModelState.READY if supervisor is None else ModelState.STOPPED
         self.last_error: str | None = None
         self.last_eviction: dict[str, str | float] | None = None  # cause, reason, at (unix time)
+        self.last_failure: dict[str, str | float] | None = None  # the last load that failed: cause, reason, at
         self.since = time.time()
         self.port: int | None = model.port
         self.load_seconds: float | None = None
@@ -136,10 +156,17 @@ class EngineInstance:
             data["last_error"] = self.last_error
         if self.last_eviction:
             data["last_eviction"] = self.last_eviction
+        if self.last_failure:
+            data["last_failure"] = self.last_failure
         if self.integrity_restarts:
             data["wake_integrity_restarts"] = self.integrity_restarts
             data["last_wake_integrity_restart"] = self.last_integrity_restart
         return data
+
+    def record_failure(self, failure: LoadFailure, reason: str) -> None:
+        """A load failed: `last_error` (the text) and `last_failure` (typed, with the time) in /health."""
+        self.last_error = reason
+        self.last_failure = {"cause": failure.value, "reason": reason, "at": round(time.time(), 3)}
 
     async def activate(self, first_load: bool = False) -> None:
         """Make the engine ready to serve: start it, or wake it if it sleeps.
@@ -171,10 +198,14 @@ class EngineInstance:
                 await self._record_fingerprint()
         except (SwitchError, SupervisorError, EngineError, OSError) as exc:
             reason = str(exc) if isinstance(exc, SwitchError) else f"{self.model.id}: {exc}"
+            if isinstance(exc, SwitchError):
+                failure = exc.failure
+            else:
+                failure = LoadFailure.ENGINE_ERROR if isinstance(exc, EngineError) else LoadFailure.START_FAILED
             await self._cleanup_after_failure()
-            self.last_error = reason
+            self.record_failure(failure, reason)
             self._set(ModelState.FAILED)
-            raise SwitchError(reason) from None
+            raise SwitchError(reason, failure) from None
         except BaseException:
             await self._cleanup_after_failure()
             self._set(ModelState.FAILED)
@@ -227,11 +258,12 @@ class EngineInstance:
         with contextlib.suppress(BaseException):
             await step_task
         if exit_task is not None and exit_task.done():
-            raise SwitchError(await self._died_message())
+            raise SwitchError(await self._died_message(), LoadFailure.EXITED)
         raise SwitchError(
             await self._with_logs(
                 f"{self.model.id} did not become ready within {self._timeout_s:.0f} s ({self._timeout_key})"
-            )
+            ),
+            LoadFailure.TIMEOUT,
         )
 
     async def _died_message(self) -> str:

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from router_app.config import Config, RouterSettings
-from router_app.control.switcher import ModelTooLarge, Switcher, Ticket
+from router_app.control.switcher import Switcher, Ticket
 from router_app.engines.instance import SwitchError
 from router_app.live import LiveConfig
 from router_app.metrics import RouterMetrics
@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def failure_code(error: BaseException | None) -> str:
+    """The OpenAI error code for a request whose model could not be made resident."""
+    return error.code if isinstance(error, SwitchError) else SwitchError.code
 
 
 class Proxy:
@@ -87,8 +92,9 @@ class Proxy:
         if ticket.granted.done() and ticket.granted.exception() is not None:  # decided at once: can never fit
             self._finish(exchange, ticket, "switch_failed")
             error = ticket.granted.exception()
-            code = "model_too_large" if isinstance(error, ModelTooLarge) else "model_load_failed"
-            return json_error(503, str(error), "service_unavailable", code=code, anthropic=endpoint.anthropic)
+            return json_error(
+                503, str(error), "service_unavailable", code=failure_code(error), anthropic=endpoint.anthropic
+            )
         try:
             if exchange.stream:
                 return await self._stream(request, exchange, ticket)
@@ -159,7 +165,7 @@ class Proxy:
             return Response(status_code=499)
         except SwitchError as exc:
             self._finish(exchange, ticket, "switch_failed")
-            return json_error(503, str(exc), "service_unavailable", code="model_load_failed", anthropic=anthropic)
+            return json_error(503, str(exc), "service_unavailable", code=failure_code(exc), anthropic=anthropic)
         except UpstreamError as exc:
             message = self._upstream_failed(exchange, ticket, exc)
             self._finish(exchange, ticket, "error")
@@ -213,12 +219,10 @@ class Proxy:
             if upstream is None:
                 async for chunk in self._progress(exchange, ticket, shape):
                     yield chunk
-                if ticket.granted.exception() is not None:
+                failed = ticket.granted.exception()
+                if failed is not None:
                     outcome = "switch_failed"
-                    yield (
-                        shape.error(str(ticket.granted.exception()), "service_unavailable", "model_load_failed", 503)
-                        + shape.closing()
-                    )
+                    yield (shape.error(str(failed), "service_unavailable", failure_code(failed), 503) + shape.closing())
                     return
                 try:
                     upstream = await self._send(exchange, ticket)

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from router_app.control.policy.placement import Candidate, choose_victims
-from router_app.control.policy.scheduler import CancelLoad, Evict, Fail, Grant, Load, ModelSpec, Phase, Scheduler
+from router_app.control.policy.scheduler import (
+    CancelLoad,
+    Evict,
+    Fail,
+    FailCause,
+    Grant,
+    Load,
+    ModelSpec,
+    Phase,
+    Scheduler,
+)
 
 G = 1024**3
 
@@ -99,7 +109,7 @@ def test_victims_idle_before_busy_then_cheapest_reload_then_least_recently_used(
 def test_a_model_that_can_never_fit_fails_at_once_with_sizes() -> None:
     s = memory(10 * G, {"huge": 12 * G, "a": 2 * G})
     [fail] = s.request(1, "huge", 0)
-    assert isinstance(fail, Fail) and fail.code == "model_too_large"
+    assert isinstance(fail, Fail) and fail.cause is FailCause.TOO_LARGE
     assert "12.0 GiB" in fail.reason and "10.0 GiB" in fail.reason
 
 
@@ -195,7 +205,7 @@ def test_nothing_to_evict_and_nothing_moving_fails_instead_of_waiting_forever() 
     s.request(1, "pin", 0)
     s.load_done("pin", True, "", 0)
     [fail] = s.request(2, "m", 1)
-    assert isinstance(fail, Fail) and fail.code == "model_too_large"
+    assert isinstance(fail, Fail) and fail.cause is FailCause.TOO_LARGE
 
 
 def test_a_pinned_model_is_never_forced_out_of_its_exclusive_group() -> None:

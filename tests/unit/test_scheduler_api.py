@@ -14,6 +14,7 @@ from router_app.control.policy.scheduler import (
     Evict,
     EvictCause,
     Fail,
+    FailCause,
     Grant,
     Load,
     ModelSpec,
@@ -214,7 +215,7 @@ def test_retiring_a_sleeper_with_waiters_fails_them_and_stops_it() -> None:
     assert s.load_done("b", True, "", 3) == [Grant(2, "b")]
     assert s.request(3, "s", 4) == [] and s.waiting(3).blocked_by == ("b",)
     assert s.retire("s", 5, None) == [
-        Fail(3, "s", "the model was removed from the configuration"),
+        Fail(3, "s", "the model was removed from the configuration", FailCause.REMOVED),
         Evict("s", "configuration changed"),
     ]
 
@@ -226,7 +227,7 @@ def test_retire_moves_waiters_to_the_successor_or_fails_them() -> None:
     assert s.retire("old", 1, "new") == [CancelLoad("old"), Load("new")]
     assert s.load_done("new", True, "", 2) == [Grant(1, "new")]
     assert s.retire("gone", 3, None) == [
-        Fail(2, "gone", "the model was removed from the configuration"),
+        Fail(2, "gone", "the model was removed from the configuration", FailCause.REMOVED),
         CancelLoad("gone"),
     ]
 
@@ -235,7 +236,9 @@ def test_retire_stops_a_pending_load_and_drains_a_busy_engine() -> None:
     s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6), ModelSpec("b", ("g",), 6)], fairness_s=0)
     loaded(s, "a", 1, release=False)
     assert s.request(2, "b", 1) == [] and s.phase("b") is Phase.PENDING
-    assert s.retire("b", 2, "missing") == [Fail(2, "b", "the model was removed from the configuration")]
+    assert s.retire("b", 2, "missing") == [
+        Fail(2, "b", "the model was removed from the configuration", FailCause.REMOVED)
+    ]
     assert s.phase("b") is Phase.STOPPED and s.waiting(2) is None
     assert s.phase("a") is Phase.DRAINING  # drained for b, which left: it is still evicted once its request ends
     assert s.retire("a", 3, None) == [] and s.phase("a") is Phase.DRAINING
@@ -310,14 +313,14 @@ def test_refusals_name_sizes_devices_and_pinned_models() -> None:
             "big",
             "big needs 8.0 GiB on device g, which has 10.0 GiB (3.0 GiB of it held by pinned models); "
             "it can never be loaded there",
-            "model_too_large",
+            FailCause.TOO_LARGE,
         )
     ]
     assert s.request(2, "mate", 0) == [
-        Fail(2, "mate", "mate shares exclusive group x with pinned pin, which never leaves", "model_too_large")
+        Fail(2, "mate", "mate shares exclusive group x with pinned pin, which never leaves", FailCause.TOO_LARGE)
     ]
     assert s.request(3, "cpu", 0) == [
-        Fail(3, "cpu", "cpu needs device h to itself, but pinned pin never leaves", "model_too_large")
+        Fail(3, "cpu", "cpu needs device h to itself, but pinned pin never leaves", FailCause.TOO_LARGE)
     ]
     assert s.request(4, "whole", 0)[0].reason == "whole needs device u to itself, but pinned pin-u never leaves"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from router_app.control.policy.scheduler import CancelLoad, Evict, Fail, Grant, Load, ModelSpec, Scheduler
+from router_app.control.policy.scheduler import CancelLoad, Evict, Fail, FailCause, Grant, Load, ModelSpec, Scheduler
 
 CAPACITY = 10  # of each known device
 
@@ -103,7 +103,7 @@ class World:
         elif isinstance(effect, Fail):
             model, _ = self.waiting.pop(effect.request_id)
             assert model == effect.model
-            if effect.code == "model_too_large":
+            if effect.cause is FailCause.TOO_LARGE:
                 assert self.never_fits(self.specs[model]), f"{model} refused as too large: {effect.reason}"
             self.answered.add(effect.request_id)
         elif isinstance(effect, Load):

@@ -12,6 +12,7 @@ from router_app.control.switcher import Switcher
 from router_app.engines.adapters import EngineAdapter, Health
 from router_app.engines.instance import EngineInstance, SwitchError
 from router_app.engines.supervisors import SupervisorError
+from router_app.metrics import RouterMetrics
 
 pytestmark = pytest.mark.anyio
 
@@ -76,7 +77,12 @@ class ReadyAdapter(EngineAdapter):
 
 
 def build(
-    journal: list[str], drain_timeout_s: float = 30, failing: str = "", fairness_s: float = 10, loaded: bool = True
+    journal: list[str],
+    drain_timeout_s: float = 30,
+    failing: str = "",
+    fairness_s: float = 10,
+    loaded: bool = True,
+    metrics: RouterMetrics | None = None,
 ) -> Switcher:
     """Models a and b; `loaded`: each has loaded before (so a load is not a first load)."""
     from router_app.memory.history import History
@@ -90,7 +96,7 @@ def build(
         runtimes[name] = EngineInstance(model, ReadyAdapter(model, supervisor), supervisor, settings)
         if loaded:
             history.record_load(name, 1.0, model.revision)
-    return Switcher(runtimes, settings, history=history)
+    return Switcher(runtimes, settings, metrics, history=history)
 
 
 async def test_evicted_model_stops_before_target_starts() -> None:
@@ -119,11 +125,15 @@ async def test_drain_timeout_evicts_anyway() -> None:
 
 async def test_failed_load_reports_logs_and_router_recovers() -> None:
     journal: list[str] = []
-    switcher = build(journal, failing="b")
+    metrics = RouterMetrics()
+    switcher = build(journal, failing="b", metrics=metrics)
     with pytest.raises(SwitchError, match="b: engine exited with status 1 while loading") as err:
         await switcher.load("b")
-    assert "error: failed to load model" in str(err.value)
+    assert "error: failed to load model" in str(err.value) and err.value.code == "model_load_failed"
     assert switcher.runtimes["b"].state == "failed"
+    failure = switcher.runtimes["b"].info()["last_failure"]
+    assert failure["cause"] == "exited" and failure["reason"] == str(err.value)  # type: ignore[index]
+    assert metrics.registry.get_sample_value("llm_router_switches_total", {"model": "b", "outcome": "exited"}) == 1
     await switcher.load("a")
     assert switcher.view.current() == {"default": ["a"]}
 
@@ -289,8 +299,9 @@ async def test_a_reload_while_a_load_finishes_still_retires_the_old_engine() -> 
     gate.set()
     await asyncio.wait_for(reload, 10)
     assert journal == ["start b", "stop b"] and not switcher.runtimes
-    with pytest.raises(SwitchError, match="removed from the configuration"):
+    with pytest.raises(SwitchError, match="removed from the configuration") as removed:
         await first.wait()
+    assert removed.value.code == "model_removed"
 
 
 class SleepyAdapter(ReadyAdapter):
@@ -450,6 +461,7 @@ async def test_a_first_load_gets_first_load_timeout_later_ones_load_timeout() ->
     await switcher.unload("a")
     with pytest.raises(SwitchError, match=r"did not become ready within 0 s \(load_timeout_s\)"):
         await switcher.load("a")
+    assert runtime.info()["last_failure"]["cause"] == "timeout"  # type: ignore[index]
     await switcher.shutdown(stop_engines=True)
 
 

@@ -28,6 +28,7 @@ from router_app.control.policy.vocabulary import (
     Evict,
     EvictCause,
     Fail,
+    FailCause,
     Grant,
     Load,
     ModelSpec,
@@ -41,6 +42,7 @@ __all__ = [
     "Evict",
     "EvictCause",
     "Fail",
+    "FailCause",
     "Grant",
     "Load",
     "ModelSpec",
@@ -64,9 +66,12 @@ class _Model:
     blocked_by: tuple[str, ...] = ()
     cancelling: bool = False  # its load was cancelled; requests that came since wait for a fresh one
     retiring: bool = False  # removed or replaced by a config reload: evicted as soon as it can be
-    evict_reason: str = ""  # why it is draining
-    evict_cause: EvictCause = EvictCause.REQUEST
-    stopping: bool = False  # evicted (or draining) to stop, not to sleep
+    leaving: Evict | None = None  # the eviction decided last: read while it drains or is evicted
+
+    @property
+    def stopping(self) -> bool:
+        """Evicted (or draining) to stop, not to sleep."""
+        return self.leaving is not None and self.leaving.stop
 
 
 _FULL = (Phase.PENDING, Phase.LOADING, Phase.READY)
@@ -170,7 +175,9 @@ class Scheduler:
         state.last_used = now
         effects: list[Effect] = []
         if state.phase is Phase.DRAINING:
-            effects += self._evict(state, state.evict_reason or "drained", state.evict_cause, state.stopping)
+            leaving = state.leaving
+            assert leaving is not None, "a draining model knows why it leaves"
+            effects += self._evict(state, leaving.reason, leaving.cause, leaving.stop)
         return effects + self._plan(now)
 
     def cancel(self, request_id: int, now: float) -> list[Effect]:
@@ -246,8 +253,7 @@ class Scheduler:
         if state.phase is not Phase.READY:
             return []
         if state.inflight:
-            state.phase, state.draining_since, state.evict_reason = Phase.DRAINING, now, reason
-            state.evict_cause, state.stopping = cause, False
+            self._drain(state, now, reason, cause)
             return []
         return self._evict(state, reason, cause)
 
@@ -323,7 +329,9 @@ class Scheduler:
         if successor is not None and successor in self._models:
             self._models[successor].waiters.update(waiters)
         else:
-            effects += [Fail(rid, model, "the model was removed from the configuration") for rid in waiters]
+            effects += [
+                Fail(rid, model, "the model was removed from the configuration", FailCause.REMOVED) for rid in waiters
+            ]
         if state.phase is Phase.PENDING:
             state.phase, state.victims = Phase.STOPPED, ()
         elif state.phase is Phase.LOADING:
@@ -363,8 +371,13 @@ class Scheduler:
         return Grant(request_id, model)
 
     def _evict(self, state: _Model, reason: str, cause: EvictCause, stop: bool = False) -> list[Effect]:
-        state.phase, state.stopping = Phase.EVICTING, stop
-        return [Evict(state.spec.id, reason, stop, cause)]
+        state.phase, state.leaving = Phase.EVICTING, Evict(state.spec.id, reason, stop, cause)
+        return [state.leaving]
+
+    def _drain(self, state: _Model, now: float, reason: str, cause: EvictCause, stop: bool = False) -> None:
+        """Evict `state` once its requests in flight end (or the drain bound passes)."""
+        state.phase, state.draining_since = Phase.DRAINING, now
+        state.leaving = Evict(state.spec.id, reason, stop, cause)
 
     def _units(self, state: _Model, device: str, resident: bool) -> int:
         capacity = self.devices.get(device)
@@ -454,7 +467,7 @@ class Scheduler:
             return self._start_if_free(state)
         reason = self._never_fits(state)
         if reason is not None:
-            failed = [Fail(rid, state.spec.id, reason, code="model_too_large") for rid in state.waiters]
+            failed = [Fail(rid, state.spec.id, reason, FailCause.TOO_LARGE) for rid in state.waiters]
             state.waiters.clear()
             return list(failed)
         same_group = [
@@ -485,7 +498,7 @@ class Scheduler:
             ):
                 return []  # memory is on its way back (or being taken): wait for the next event
             reason = f"{state.spec.id} does not fit next to the models that cannot be evicted on its devices"
-            failed = [Fail(rid, state.spec.id, reason, code="model_too_large") for rid in state.waiters]
+            failed = [Fail(rid, state.spec.id, reason, FailCause.TOO_LARGE) for rid in state.waiters]
             state.waiters.clear()
             return list(failed)
         victims = [self._models[c.model] for c in chosen] + forced
@@ -500,8 +513,7 @@ class Scheduler:
         reason = f"making room for {state.spec.id}"
         for victim in victims:
             if victim.phase is Phase.READY and victim.inflight:
-                victim.phase, victim.draining_since, victim.evict_reason = Phase.DRAINING, now, reason
-                victim.evict_cause, victim.stopping = EvictCause.MEMORY, stop
+                self._drain(victim, now, reason, EvictCause.MEMORY, stop)
             else:
                 effects += self._evict(victim, reason, EvictCause.MEMORY, stop and victim.phase is Phase.READY)
         state.phase, state.victims = Phase.PENDING, tuple(v.spec.id for v in victims)

@@ -39,12 +39,20 @@ class Grant:
     model: str
 
 
+class FailCause(StrEnum):
+    """Why a request's model could not be made resident: the OpenAI error `code` the client gets."""
+
+    LOAD_FAILED = "model_load_failed"  # its load failed (the engine's own reason is in /health)
+    TOO_LARGE = "model_too_large"  # it can never fit on its devices
+    REMOVED = "model_removed"  # a config reload removed it while the request waited
+
+
 @dataclass(frozen=True)
 class Fail:
     request_id: int
     model: str
     reason: str
-    code: str = "model_load_failed"
+    cause: FailCause = FailCause.LOAD_FAILED
 
 
 @dataclass(frozen=True)

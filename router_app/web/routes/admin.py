@@ -39,7 +39,7 @@ def admin_routes(ctx: RouterContext) -> APIRouter:
         try:
             await switcher.load(model_id)
         except SwitchError as exc:
-            return json_error(503, str(exc), "service_unavailable", code="model_load_failed")
+            return json_error(503, str(exc), "service_unavailable", code=exc.code)
         return JSONResponse({"loaded": model_id, **ctx.model_health(model_id)})
 
     @router.post("/admin/unload")
