@@ -77,7 +77,7 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
     )
     fleet = Fleet(settings.peers, settings.peer_refresh_s)
     proxy = Proxy(live, switcher, upstream, metrics, fleet)
-    context = RouterContext(live, runtimes, switcher, metrics, fleet)
+    context = RouterContext(live, switcher, metrics, fleet)
     reloader = Reloader(LiveParts(live, switcher, make_runtime, Keys, fleet), config_path)
     reloads: set[asyncio.Future[bool]] = set()
 

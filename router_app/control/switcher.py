@@ -86,7 +86,12 @@ class Ticket:
 
 
 class Switcher:
-    """Owns the scheduler, the engine instances and the load/evict tasks; `view` reads them for the outside."""
+    """Owns the scheduler, the engine instances and the load/evict tasks; `view` reads them for the outside.
+
+    Everything is keyed by engine instance (`EngineInstance.key`): the scheduler, the tasks and the tables. A model's
+    first instance has the model's id as key; a config reload that changes a model adds a new instance under a new
+    key (`<id>#<reload>`) beside the old one, which keeps its key, drains and is forgotten once stopped. `current`
+    maps each model clients can ask for to the key of the instance that serves its new requests."""
 
     def __init__(
         self,
@@ -98,7 +103,8 @@ class Switcher:
         history: History | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.runtimes = runtimes
+        self.instances: dict[str, EngineInstance] = {rt.key: rt for rt in runtimes.values()}
+        self.current: dict[str, str] = {model: rt.key for model, rt in runtimes.items()}
         self.settings = settings
         self.memory = memory
         self.history = history or History(None)
@@ -112,10 +118,10 @@ class Switcher:
             drain_timeout_s=settings.drain_timeout_s,
             default_ttl_s=settings.idle_ttl_s,
         )
-        for model_id, runtime in runtimes.items():
-            median = self.history.get(model_id).median_load_s()
-            if median is not None and self.scheduler.manages(model_id):
-                self.scheduler.set_reload_cost(model_id, median)
+        for runtime in runtimes.values():
+            median = self.history.get(runtime.model.id).median_load_s()
+            if median is not None and self.scheduler.manages(runtime.key):
+                self.scheduler.set_reload_cost(runtime.key, median)
             runtime.on_lost = self._lost_handler(runtime)
         self._ids: Iterator[int] = itertools.count(1)
         self._tickets: dict[int, Ticket] = {}
@@ -130,8 +136,14 @@ class Switcher:
         self._listeners: list[Callable[[str, str], None]] = []
         self._stopped: dict[str, asyncio.Event] = {}
         self._reloads = 0
-        self.view = SwitchView(self.scheduler, self.runtimes, self._load_started, self.history, memory, clock)
-        self._statuses: dict[str, str] = {m: self.view.status(m) for m in runtimes}
+        self.view = SwitchView(
+            self.scheduler, self.instances, self.current, self._load_started, self.history, memory, clock
+        )
+        self._statuses: dict[str, str] = {m: self.view.status(m) for m in self.current}
+
+    def instance(self, model: str) -> EngineInstance:
+        """The engine instance that serves `model`'s new requests."""
+        return self.instances[self.current[model]]
 
     def _spec(self, runtime: EngineInstance) -> ModelSpec:
         model = runtime.model
@@ -152,7 +164,8 @@ class Switcher:
             asleep = self.history.get(model.id).sleep_footprint
             sleep_footprint = model.sleep_memory or (max(asleep.values()) if asleep else None)
         return ModelSpec(
-            id=model.id,
+            id=runtime.key,
+            name=model.id,
             devices=devices,
             footprint=footprint,
             estimated=estimated,
@@ -172,7 +185,7 @@ class Switcher:
         """Claim `model` for one request; granted at once if it is resident and not draining."""
         ticket = Ticket(self, next(self._ids), model)
         self._tickets[ticket.request_id] = ticket
-        self.apply(self.scheduler.request(ticket.request_id, model, self.clock()))
+        self.apply(self.scheduler.request(ticket.request_id, self.current[model], self.clock()))
         ticket.waited = not ticket.granted.done()
         return ticket
 
@@ -185,7 +198,7 @@ class Switcher:
             if isinstance(effect, Grant):
                 ticket = self._tickets.pop(effect.request_id, None)
                 if ticket is not None and not ticket.granted.done():
-                    ticket.runtime = self.runtimes.get(effect.model)
+                    ticket.runtime = self.instances.get(effect.model)
                     ticket.granted.set_result(None)
             elif isinstance(effect, Fail):
                 ticket = self._tickets.pop(effect.request_id, None)
@@ -193,15 +206,12 @@ class Switcher:
                     ticket.granted.set_exception(RequestFailed(effect.reason, effect.cause))
                     ticket.granted.exception()  # mark retrieved: a vanished client may never look
             elif isinstance(effect, Load):
-                self._spawn(self._load(effect.model), f"load-{effect.model}", self._loads, effect.model)
+                runtime = self.instances[effect.model]
+                self._spawn(self._load(runtime), f"load-{effect.model}", self._loads, effect.model)
             elif isinstance(effect, Evict):
                 self._evicted.setdefault(effect.model, asyncio.Event()).clear()
-                self._spawn(
-                    self._evict(effect.model, effect),
-                    f"evict-{effect.model}",
-                    self._evictions,
-                    effect.model,
-                )
+                runtime = self.instances[effect.model]
+                self._spawn(self._evict(runtime, effect), f"evict-{effect.model}", self._evictions, effect.model)
             elif isinstance(effect, CancelLoad):
                 task = self._loads.get(effect.model)
                 if task is not None:
@@ -222,9 +232,7 @@ class Switcher:
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def _notify(self) -> None:
-        for model in self.runtimes:
-            if "~" in model:  # a retiring engine of a config reload: not a model clients know
-                continue
+        for model in self.current:
             status = self.view.status(model)
             if self._statuses.get(model) != status:
                 self._statuses[model] = status
@@ -234,10 +242,10 @@ class Switcher:
                     except Exception:
                         log.exception("status listener failed")
 
-    def _spawn(self, coro: Awaitable[None], name: str, registry: dict[str, asyncio.Task[None]], model: str) -> None:
+    def _spawn(self, coro: Awaitable[None], name: str, registry: dict[str, asyncio.Task[None]], key: str) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
-        registry[model] = task
+        registry[key] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -260,8 +268,8 @@ class Switcher:
 
     # --- loads and evictions ---------------------------------------------------------------
 
-    async def _load(self, model: str) -> None:
-        runtime = self.runtimes[model]
+    async def _load(self, runtime: EngineInstance) -> None:
+        model = runtime.key
         started = self.clock()
         self._load_started[model] = started
         ok, reason, failure = True, "", None
@@ -294,8 +302,7 @@ class Switcher:
             runtime.record_failure(failure, reason)
             log.exception("loading %s failed", model)
         finally:
-            model = self._id_of(runtime)
-            self._loads.pop(model, None)  # a config reload may have renamed it meanwhile
+            self._loads.pop(model, None)
         elapsed = self.clock() - started
         name = runtime.model.id  # history and metrics: the model's own id, also for a retiring engine
         if self._metrics is not None:
@@ -304,8 +311,7 @@ class Switcher:
             self.history.record_load(name, runtime.load_seconds or elapsed, runtime.model.revision)
             self.history.record_asleep(name, None)
             await self._learn(runtime, asleep=False)
-        model = self._id_of(runtime)  # after the last await: a config reload may have renamed it
-        if not self.scheduler.manages(model):
+        if not self.scheduler.manages(model):  # a config reload retired and forgot it meanwhile
             return
         if ok:
             self.scheduler.set_reload_cost(model, self.history.get(name).median_load_s() or elapsed)
@@ -314,10 +320,10 @@ class Switcher:
         log.info("load of %s %s in %.2f s", model, "done" if ok else "FAILED", elapsed)
         self.apply(self.scheduler.load_done(model, ok, reason, self.clock()))
 
-    async def _evict(self, model: str, evict: Evict) -> None:
-        """Sleep or stop `model` (`evict.stop`: the scheduler wants it stopped, e.g. requests cut at a drain bound
+    async def _evict(self, runtime: EngineInstance, evict: Evict) -> None:
+        """Sleep or stop the engine (`evict.stop`: the scheduler wants it stopped, e.g. requests cut at a drain bound
         may still run in it), then report to the scheduler."""
-        runtime = self.runtimes[model]
+        model = runtime.key
         stop = evict.stop
         log.info("evicting %s (%s): %s", model, evict.cause.value, evict.reason)
         runtime.last_eviction = {"cause": evict.cause.value, "reason": evict.reason, "at": round(time.time(), 3)}
@@ -336,14 +342,12 @@ class Switcher:
             log.exception("evicting %s failed", model)
             await self._until_gone(runtime, exc)
         finally:
-            model = self._id_of(runtime)
             self._evictions.pop(model, None)
         slept = runtime.state is ModelState.SLEEPING
         if not slept:
             self.history.record_asleep(runtime.model.id, None)
         if slept:
             await self._learn(runtime, asleep=True)
-        model = self._id_of(runtime)  # after the last await: a config reload may have renamed it
         if self.scheduler.manages(model):
             self.apply(self.scheduler.evict_done(model, slept, self.clock()))
 
@@ -382,7 +386,7 @@ class Switcher:
         capacities = [c for d, c in memory.capacities().items() if d in usage and c is not None]
         if capacities:  # more than a device holds (a reserve, a CUDA context): it needs the device to itself
             measured = min(measured, min(capacities))
-        model = self._id_of(runtime)
+        model = runtime.key
         if not self.scheduler.manages(model):
             return
         if runtime.model.memory is None and not asleep:
@@ -398,8 +402,8 @@ class Switcher:
         )
 
     def _lost_handler(self, runtime: EngineInstance) -> Callable[[str, str], None]:
-        """The runtime reports its config id; the scheduler knows it by its current one (a retiring engine)."""
-        return lambda _model, how: self._engine_lost(self._id_of(runtime), how)
+        """The runtime reports its model's id; the scheduler knows it by its instance key."""
+        return lambda _model, how: self._engine_lost(runtime.key, how)
 
     def _engine_lost(self, model: str, how: str) -> None:
         log.warning("model %s lost its engine (%s); the next request loads it again", model, how)
@@ -407,25 +411,23 @@ class Switcher:
 
     def mark_unreachable(self, runtime: EngineInstance) -> None:
         """The proxy could not connect to a supposedly ready engine: reload it on the next request."""
-        model = self._id_of(runtime)
-        if self.runtimes.get(model) is runtime and runtime.supervisor is not None and runtime.state is ModelState.READY:
+        model = runtime.key
+        if (
+            self.instances.get(model) is runtime
+            and runtime.supervisor is not None
+            and runtime.state is ModelState.READY
+        ):
             runtime.state = ModelState.FAILED
             runtime.last_error = "engine refused connections"
             self.apply(self.scheduler.engine_lost(model, self.clock()))
 
-    # --- config reload: the old engine of a changed or removed model is renamed to a retiring id, drains and
-    # stops like any eviction, and is forgotten; the new definition of a changed model shares a temporary
-    # exclusive group with it, so it cannot start (maybe the same systemd unit) before the old one is gone.
+    # --- config reload: the old engine of a changed or removed model keeps its key, drains and stops like any
+    # eviction, and is forgotten; the new definition of a changed model is a new instance under a new key, in a
+    # temporary exclusive group with the old one, so it cannot start (maybe the same systemd unit) before the old
+    # one is gone.
 
-    def _id_of(self, runtime: EngineInstance) -> str:
-        return next((key for key, rt in self.runtimes.items() if rt is runtime), runtime.model.id)
-
-    def _rename(self, model: str, new_id: str) -> None:
-        self.scheduler.rename(model, new_id)
-        self.runtimes[new_id] = self.runtimes.pop(model)
-        for table in (self._loads, self._evictions, self._load_started, self._evicted, self._statuses):
-            if model in table:
-                table[new_id] = table.pop(model)  # type: ignore[index]
+    def _new_key(self, model: str) -> str:
+        return model if model not in self.instances else f"{model}#{self._reloads}"
 
     async def reconfigure(self, runtimes: dict[str, EngineInstance], changed: set[str], removed: set[str]) -> None:
         """Apply a reloaded config. `runtimes` are the new engines of added and changed models; unchanged models
@@ -433,40 +435,38 @@ class Switcher:
         forgotten; requests waiting for a changed model wait for its new definition, those for a removed one fail."""
         self._reloads += 1
         now = self.clock()
-        retiring: list[tuple[str, str | None]] = []
-        for model in sorted(changed | removed):
-            old = f"{model}~retiring-{self._reloads}"
-            self._rename(model, old)
-            retiring.append((old, model if model in changed else None))
+        retiring = {model: self.current.pop(model) for model in sorted(changed | removed)}
+        for model in removed:
+            self._statuses.pop(model, None)
         for model, runtime in runtimes.items():
+            runtime.key = self._new_key(model)
             runtime.on_lost = self._lost_handler(runtime)
-            self.runtimes[model] = runtime
+            self.instances[runtime.key] = runtime
+            self.current[model] = runtime.key
             spec = self._spec(runtime)
             if model in changed:  # not before the old engine (maybe the same systemd unit) is gone
-                old = next(o for o, successor in retiring if successor == model)
                 group = f"~reload-{model}"
+                old = retiring[model]
                 self.scheduler.set_spec(ModelSpec(**{**self.scheduler.spec(old).__dict__, "group": group}))
                 spec = ModelSpec(**{**spec.__dict__, "group": group})
             self.scheduler.add(spec)
             self._statuses[model] = self.view.status(model)
-        for old, successor in retiring:
+        for model, old in retiring.items():
             self._stopped[old] = asyncio.Event()
             log.info(
-                "config reload: %s %s; its engine drains and stops",
-                old.split("~")[0],
-                "changed" if successor else "removed",
+                "config reload: %s %s; its engine drains and stops", model, "changed" if model in changed else "removed"
             )
-            self.apply(self.scheduler.retire(old, self.clock(), successor))
-        for old, successor in retiring:
+            self.apply(self.scheduler.retire(old, self.clock(), self.current.get(model)))
+        for model, old in retiring.items():
             try:
                 await self._stopped[old].wait()
             finally:  # each retiring engine is forgotten, whatever happened to the others
                 del self._stopped[old]
                 self.scheduler.remove(old)
-                self.runtimes.pop(old, None)
-                self._statuses.pop(old, None)
+                self.instances.pop(old, None)
+                successor = self.current.get(model)
                 if successor is not None:
-                    self.scheduler.set_spec(self._spec(self.runtimes[successor]))
+                    self.scheduler.set_spec(self._spec(self.instances[successor]))
         self.apply([])
         for model, runtime in runtimes.items():  # changed pinned/preload models come back like at start
             if runtime.model.preload or runtime.model.pinned:
@@ -493,6 +493,7 @@ class Switcher:
 
     async def unload(self, model: str) -> bool:
         """Evict `model` (after its requests finish); returns whether anything was unloaded."""
+        model = self.current.get(model, model)
         if not self.scheduler.manages(model):
             return False
         before = self.scheduler.phase(model)
@@ -509,26 +510,26 @@ class Switcher:
     async def start(self) -> None:
         """Adopt engines that already run (systemd units survive a router restart), then preload."""
         now = self.clock()
-        for runtime in self.runtimes.values():
+        for runtime in self.instances.values():
             if runtime.supervisor is None:
                 continue
-            model = runtime.model.id
+            model, key = runtime.model.id, runtime.key
             if not await runtime.supervisor.is_running():
                 continue
             record = self.history.sleep_record(model)
             state = await runtime.inspect(record)
             if state is None:
                 await runtime.supervisor.stop()
-            elif self.scheduler.fits_now(model, asleep=state is ModelState.SLEEPING):
+            elif self.scheduler.fits_now(key, asleep=state is ModelState.SLEEPING):
                 runtime.take_over(state, record.fingerprint)
-                self.scheduler.adopt(model, now, asleep=state is ModelState.SLEEPING)
+                self.scheduler.adopt(key, now, asleep=state is ModelState.SLEEPING)
                 if state is ModelState.SLEEPING:
                     continue
             else:
                 log.info("model %s is running but does not fit next to the adopted ones: stopping it", model)
                 await runtime.supervisor.stop()
             self.history.record_asleep(model, None)
-        for runtime in self.runtimes.values():
+        for runtime in self.instances.values():
             if runtime.supervisor is not None and (runtime.model.preload or runtime.model.pinned):
                 self._tasks.add(
                     asyncio.create_task(self._preload(runtime.model.id), name=f"preload-{runtime.model.id}")
@@ -552,4 +553,4 @@ class Switcher:
             with contextlib.suppress(BaseException):
                 await task
         if stop_engines:
-            await asyncio.gather(*(rt.shutdown() for rt in self.runtimes.values()))
+            await asyncio.gather(*(rt.shutdown() for rt in self.instances.values()))

@@ -104,6 +104,8 @@ class EngineInstance:
         metrics: RouterMetrics | None = None,
     ) -> None:
         self.model = model
+        # The switcher's key for this instance: the model's id, or `<id>#<reload>` for one a config reload made.
+        self.key = model.id
         self.adapter = adapter
         self.supervisor = supervisor
         self._settings = settings

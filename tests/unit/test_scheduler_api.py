@@ -152,28 +152,22 @@ def test_a_model_added_by_a_reload_starts_stopped_on_its_devices() -> None:
     assert s.request(1, "n", 0) == [Load("n")]
 
 
-def test_rename_keeps_an_engine_its_requests_and_the_waits_on_it() -> None:
-    s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6), ModelSpec("b", ("g",), 6)])
-    loaded(s, "a", 1, release=False)
-    s.request(2, "b", 1)
-    assert s.waiting(2).blocked_by == ("a",)
-    s.rename("a", "a (old)")
-    assert not s.manages("a") and s.phase("a (old)") is Phase.READY and s.inflight("a (old)") == 1
-    assert s.spec("a (old)").id == "a (old)"
-    assert s.waiting(2).blocked_by == ("a (old)",)
-    s.tick(11)
-    assert s.waiting(2).draining == (("a (old)", 1),)
-    assert s.release(1, 12) == [Evict("a (old)", "making room for b")], "the request is counted on the renamed engine"
-
-
-def test_rename_keeps_a_victim_that_is_already_draining() -> None:
+def test_a_reloaded_models_new_instance_waits_beside_the_old_one_and_texts_name_the_model() -> None:
+    """A reload adds the changed model's new engine under a new key beside the old one, which keeps its key, its
+    requests and its place in others' waits; texts name the model, never the key."""
     s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6), ModelSpec("b", ("g",), 6)], fairness_s=0)
     loaded(s, "a", 1, release=False)
     assert s.request(2, "b", 1) == [] and s.waiting(2).draining == (("a", 1),)
-    s.rename("a", "a (old)")
-    assert s.waiting(2).draining == (("a (old)", 1),)
-    assert s.release(1, 2) == [Evict("a (old)", "making room for b")]
-    assert s.evict_done("a (old)", False, 3) == [Load("b")]
+    s.add(ModelSpec("b#1", ("g",), 6, name="b", group="~reload-b"))
+    s.set_spec(ModelSpec("b", ("g",), 6, group="~reload-b"))
+    assert s.retire("b", 2, "b#1") == []
+    assert s.waiting(2).model == "b#1" and s.phase("a") is Phase.DRAINING
+    assert s.release(1, 3) == [Evict("a", "making room for b")], "the old instance's wait moved with its waiter"
+    assert s.evict_done("a", False, 4) == [Load("b#1")]
+    assert s.load_done("b#1", True, "", 5) == [Grant(2, "b#1")]
+    s.add(ModelSpec("pinned", ("g",), 6, pinned=True))
+    s.add(ModelSpec("big#1", ("g",), 6, name="big"))
+    assert s.request(3, "big#1", 6)[0].reason.startswith("big needs")
 
 
 def test_one_tick_evicts_for_idleness_and_for_the_drain_bound_together() -> None:

@@ -130,8 +130,8 @@ async def test_failed_load_reports_logs_and_router_recovers() -> None:
     with pytest.raises(SwitchError, match="b: engine exited with status 1 while loading") as err:
         await switcher.load("b")
     assert "error: failed to load model" in str(err.value) and err.value.code == "model_load_failed"
-    assert switcher.runtimes["b"].state == "failed"
-    failure = switcher.runtimes["b"].info()["last_failure"]
+    assert switcher.instance("b").state == "failed"
+    failure = switcher.instance("b").info()["last_failure"]
     assert failure["cause"] == "exited" and failure["reason"] == str(err.value)  # type: ignore[index]
     assert metrics.registry.get_sample_value("llm_router_switches_total", {"model": "b", "outcome": "exited"}) == 1
     await switcher.load("a")
@@ -184,7 +184,7 @@ async def test_abandoned_load_is_cancelled_and_the_engine_stopped() -> None:
     journal: list[str] = []
     switcher = build(journal)
     gate = asyncio.Event()
-    adapter = switcher.runtimes["a"].adapter
+    adapter = switcher.instance("a").adapter
 
     async def slow_health() -> Health:
         await gate.wait()
@@ -196,7 +196,7 @@ async def test_abandoned_load_is_cancelled_and_the_engine_stopped() -> None:
     ticket.release()  # the only client left
     await asyncio.wait_for(_until(lambda: journal == ["start a", "stop a"]), 10)
     await asyncio.wait_for(_until(lambda: switcher.scheduler.phase("a") == "stopped"), 10)
-    assert switcher.runtimes["a"].state == "stopped"
+    assert switcher.instance("a").state == "stopped"
 
 
 async def test_a_first_load_finishes_when_its_clients_leave() -> None:
@@ -210,13 +210,13 @@ async def test_a_first_load_finishes_when_its_clients_leave() -> None:
         await gate.wait()
         return Health.READY
 
-    switcher.runtimes["a"].adapter.health = slow_health  # type: ignore[method-assign]
+    switcher.instance("a").adapter.health = slow_health  # type: ignore[method-assign]
     ticket = switcher.ticket("a")
     await asyncio.wait_for(_until(lambda: journal == ["start a"]), 10)
     ticket.release()  # the only client left
     gate.set()
     await asyncio.wait_for(_until(lambda: switcher.scheduler.phase("a") == "ready"), 10)
-    assert journal == ["start a"] and switcher.runtimes["a"].state == "ready"
+    assert journal == ["start a"] and switcher.instance("a").state == "ready"
     assert switcher.scheduler.spec("a").cancel_abandoned  # loaded once: from now on as configured (evict: stop)
 
 
@@ -247,15 +247,16 @@ async def test_reconfigure_keeps_unchanged_models_and_drains_changed_and_removed
     assert "stop b" not in journal, "b's old engine finishes its request first"
     # The request granted before the reload is sent to the old engine, never to the new one under b's name,
     # which has not started (the reload race: the proxy looked the engine up by name when sending).
-    assert switcher.runtimes["b"] is new_b and not new_supervisor.running
+    assert switcher.instance("b") is new_b and not new_supervisor.running
+    assert old_b.key == "b" and new_b.key == "b#1" and switcher.instances["b"] is old_b, "the old one keeps its key"
     assert in_flight.runtime is old_b
     in_flight.release()
     await asyncio.wait_for(reload, 10)
     await asyncio.wait_for(waiting.wait(), 10)
     assert journal == ["stop c", "stop b", "start b-new"]
     assert waiting.runtime is new_b
-    assert switcher.runtimes["b"] is new_b and "c" not in switcher.runtimes
-    assert sorted(switcher.runtimes) == ["a", "b"] and switcher.view.status("a") == "loaded"
+    assert switcher.instance("b") is new_b and "c" not in switcher.current
+    assert sorted(switcher.instances) == ["a", "b#1"] and switcher.view.status("a") == "loaded"
     waiting.release()
 
 
@@ -298,7 +299,7 @@ async def test_a_reload_while_a_load_finishes_still_retires_the_old_engine() -> 
     await asyncio.sleep(0)
     gate.set()
     await asyncio.wait_for(reload, 10)
-    assert journal == ["start b", "stop b"] and not switcher.runtimes
+    assert journal == ["start b", "stop b"] and not switcher.instances and not switcher.current
     with pytest.raises(SwitchError, match="removed from the configuration") as removed:
         await first.wait()
     assert removed.value.code == "model_removed"
@@ -383,13 +384,13 @@ async def test_router_start_adopts_sleeping_engines_as_asleep(says, slept_pid, a
     vLLM answers /health 200 (engine-audit-2 #6). Its wake is checked with the fingerprint recorded at its sleep."""
     switcher, adapter = adopting(says, slept_pid)
     await switcher.start()
-    assert switcher.runtimes["s"].state == ("sleeping" if asleep else "ready")
+    assert switcher.instance("s").state == ("sleeping" if asleep else "ready")
     assert switcher.scheduler.phase("s") == ("sleeping" if asleep else "ready")
     assert ("health" in adapter.calls) is not asleep
-    assert switcher.runtimes["s"].fingerprint == ("the weights' answer" if asleep and slept_pid else None)
+    assert switcher.instance("s").fingerprint == ("the weights' answer" if asleep and slept_pid else None)
     await switcher.load("s")
     assert adapter.calls.count("wake") == (1 if asleep else 0)
-    assert switcher.runtimes["s"].state == "ready" and switcher.history.get("s").asleep_pid is None
+    assert switcher.instance("s").state == "ready" and switcher.history.get("s").asleep_pid is None
     await switcher.shutdown(stop_engines=False)
 
 
@@ -398,7 +399,7 @@ async def test_a_sleeper_nobody_can_vouch_for_is_stopped_not_probed() -> None:
     router's file), a probe could crash it: it is stopped, and loads cold on its next request."""
     switcher, adapter = adopting(None, None, known=False)
     await switcher.start()
-    assert adapter.calls == ["asleep"] and switcher.runtimes["s"].supervisor.journal == ["stop s"]
+    assert adapter.calls == ["asleep"] and switcher.instance("s").supervisor.journal == ["stop s"]
     assert switcher.scheduler.phase("s") == "stopped"
     await switcher.shutdown(stop_engines=False)
 
@@ -424,7 +425,7 @@ async def test_the_engine_put_to_sleep_is_recorded_before_it_sleeps() -> None:
         adapter.calls.append("sleep")
 
     adapter.sleep = sleep  # type: ignore[method-assign]
-    switcher.runtimes["s"].fingerprint = "its answer"
+    switcher.instance("s").fingerprint = "its answer"
     assert await switcher.unload("s")
     assert seen == [4242] and switcher.history.sleep_record("s").pid == 4242
     assert switcher.history.sleep_record("s").fingerprint == "its answer"
@@ -473,7 +474,7 @@ async def test_a_drain_timeout_stops_a_sleeper_instead_of_sleeping_it() -> None:
     busy = switcher.ticket("s")
     await busy.wait()  # never released: a stuck request
     assert await asyncio.wait_for(switcher.unload("s"), 10)
-    assert "sleep" not in adapter.calls and switcher.runtimes["s"].supervisor.journal == ["stop s"]
+    assert "sleep" not in adapter.calls and switcher.instance("s").supervisor.journal == ["stop s"]
     busy.release()
     await switcher.shutdown(stop_engines=False)
 
@@ -507,7 +508,7 @@ async def test_only_engines_that_build_kernels_at_first_use_get_the_sampled_prob
         sampled.append("a")
         return Health.READY
 
-    adapter = switcher.runtimes["a"].adapter
+    adapter = switcher.instance("a").adapter
     adapter.probe_sampled = probe_sampled  # type: ignore[method-assign]
     adapter.samples_on_load = False  # type: ignore[misc]
     await switcher.load("a")
@@ -523,11 +524,11 @@ async def test_a_failed_stop_keeps_the_memory_counted_until_the_engine_is_gone()
     it; meanwhile the old one shows why."""
     journal: list[str] = []
     switcher = build(journal)
-    supervisor_a = switcher.runtimes["a"].supervisor
+    supervisor_a = switcher.instance("a").supervisor
     await switcher.load("a")
     supervisor_a.fail_stops = 2
     ticket = switcher.ticket("b")
     await asyncio.wait_for(ticket.wait(), 10)
     assert journal == ["start a", "stop a failed", "stop a failed", "stop a", "start b"]
-    assert switcher.runtimes["a"].last_error == "could not be stopped: systemctl stop a failed: Job canceled"
+    assert switcher.instance("a").last_error == "could not be stopped: systemctl stop a failed: Job canceled"
     ticket.release()

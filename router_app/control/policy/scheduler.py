@@ -306,18 +306,6 @@ class Scheduler:
         for device in spec.devices:
             self.devices.setdefault(device, None)
 
-    def rename(self, model: str, new_id: str) -> None:
-        """Keep an engine's state under another id (a changed model's old engine, retiring)."""
-        state = self._models.pop(model)
-        state.spec = ModelSpec(**{**state.spec.__dict__, "id": new_id})
-        self._models[new_id] = state
-        for rid, granted in list(self._granted.items()):
-            if granted == model:
-                self._granted[rid] = new_id
-        for other in self._models.values():
-            other.victims = tuple(new_id if v == model else v for v in other.victims)
-            other.blocked_by = tuple(new_id if v == model else v for v in other.blocked_by)
-
     def retire(self, model: str, now: float, successor: str | None) -> list[Effect]:
         """Stop `model` for good: its waiters move to `successor` (or fail), a load in progress is cancelled,
         a resident engine drains and is evicted. `remove` it once it is stopped."""
@@ -429,8 +417,8 @@ class Scheduler:
         if group is not None:
             for other in self._models.values():
                 if other is not state and other.spec.pinned and other.spec.group == group:
-                    pinned = other.spec.id
-                    return f"{state.spec.id} shares exclusive group {group} with pinned {pinned}, which never leaves"
+                    pinned = other.spec.name
+                    return f"{state.spec.name} shares exclusive group {group} with pinned {pinned}, which never leaves"
         for device in state.spec.devices:
             capacity = self.devices.get(device)
             pinned = [
@@ -440,15 +428,15 @@ class Scheduler:
             ]
             if capacity is None:
                 if pinned:
-                    names = ", ".join(o.spec.id for o in pinned)
-                    return f"{state.spec.id} needs device {device} to itself, but pinned {names} never leaves"
+                    names = ", ".join(o.spec.name for o in pinned)
+                    return f"{state.spec.name} needs device {device} to itself, but pinned {names} never leaves"
                 continue
             need = self._units(state, device, True)
             reserved = self._pinned_reserve(device, state)
             if need + reserved > capacity:
                 extra = f" ({format_bytes(reserved)} of it held by pinned models)" if reserved else ""
                 return (
-                    f"{state.spec.id} needs {format_bytes(need)} on device {device}, which has "
+                    f"{state.spec.name} needs {format_bytes(need)} on device {device}, which has "
                     f"{format_bytes(capacity)}{extra}; it can never be loaded there"
                 )
         return None
@@ -497,7 +485,7 @@ class Scheduler:
                 for o in self._models.values()
             ):
                 return []  # memory is on its way back (or being taken): wait for the next event
-            reason = f"{state.spec.id} does not fit next to the models that cannot be evicted on its devices"
+            reason = f"{state.spec.name} does not fit next to the models that cannot be evicted on its devices"
             failed = [Fail(rid, state.spec.id, reason, FailCause.TOO_LARGE) for rid in state.waiters]
             state.waiters.clear()
             return list(failed)
@@ -510,7 +498,7 @@ class Scheduler:
                 return []
         state.blocked_by = ()
         effects: list[Effect] = []
-        reason = f"making room for {state.spec.id}"
+        reason = f"making room for {state.spec.name}"
         for victim in victims:
             if victim.phase is Phase.READY and victim.inflight:
                 self._drain(victim, now, reason, EvictCause.MEMORY, stop)

@@ -19,7 +19,8 @@ class Phase(StrEnum):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the scheduler knows of one local model."""
+    """What the scheduler knows of one engine instance of a local model. `id` is the instance's key (effects and
+    queries use it); `name` the model's name clients use, in texts (the key when not given)."""
 
     id: str
     devices: tuple[str, ...]
@@ -31,6 +32,11 @@ class ModelSpec:
     pinned: bool = False
     ttl_s: float | None = None
     cancel_abandoned: bool = True
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.id)
 
 
 @dataclass(frozen=True)

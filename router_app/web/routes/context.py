@@ -1,4 +1,4 @@
-"""What the routes read: the config, the runtimes, the switch owner and the metrics."""
+"""What the routes read: the config, the engine instances, the switch owner and the metrics."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from router_app.wire.errors import json_error
 @dataclass
 class RouterContext:
     live: LiveConfig
-    runtimes: dict[str, EngineInstance]
     switcher: Switcher
     metrics: RouterMetrics
     fleet: Fleet | None = None
@@ -31,6 +30,11 @@ class RouterContext:
     @property
     def config(self) -> Config:
         return self.live.current.config
+
+    @property
+    def runtimes(self) -> dict[str, EngineInstance]:
+        """The engine instance serving each model's new requests (a reload may have replaced some since)."""
+        return self.switcher.view.instances()
 
     def find(self, name: str) -> ModelConfig | None:
         return self.config.find(name)
@@ -68,10 +72,10 @@ class RouterContext:
         data: dict[str, Any] = {
             "id": model_id,
             **runtime.info(),
-            "inflight": self.switcher.scheduler.inflight(model_id),
+            "inflight": self.switcher.view.inflight(model_id),
         }
-        if self.switcher.scheduler.manages(model_id):
-            data["phase"] = self.switcher.scheduler.phase(model_id).value
+        if self.switcher.view.manages(model_id):
+            data["phase"] = self.switcher.view.phase(model_id).value
             estimate = self.switcher.view.load_estimate(model_id)
             if estimate is not None:
                 data["median_load_s"] = round(estimate, 6)

@@ -16,11 +16,12 @@ from router_app.web.routes.context import RouterContext
 
 def status_routes(ctx: RouterContext) -> APIRouter:
     router = APIRouter()
-    runtimes, switcher = ctx.runtimes, ctx.switcher  # the config is read from ctx each time: a reload replaces it
+    switcher = ctx.switcher  # the config and the engine instances are read from ctx each time: a reload replaces them
 
     @router.get("/health")
     async def health() -> dict[str, Any]:
         backends: dict[str, dict[str, int]] = {}
+        runtimes = ctx.runtimes
         for model in ctx.config.models:
             states = backends.setdefault(model.backend.value, {})
             state = runtimes[model.id].state.value
@@ -51,6 +52,7 @@ def status_routes(ctx: RouterContext) -> APIRouter:
 
     @router.get("/running")
     async def running() -> dict[str, Any]:
+        runtimes = ctx.runtimes
         return {
             "running": [
                 ctx.model_health(m.id)
