@@ -105,13 +105,13 @@ def process(argv: list[str], **kwargs: Any) -> Iterator[subprocess.Popen]:
 
 
 @contextmanager
-def router(config: dict, workdir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The router as a subprocess on a free port; yields (base URL, process)."""
+def router(config: dict, workdir: Path, **kwargs: Any) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The router as a subprocess on a free port; yields (base URL, process). kwargs go to `process` (stderr=)."""
     port = free_port()
     config = {"router": {"port": port, "log_level": "warning", **config.get("router", {})}, "models": config["models"]}
     path = workdir / f"router-{port}.yml"
     path.write_text(yaml.safe_dump(config))
-    with process([sys.executable, "-m", "router_app.cli", "serve", "--config", str(path)], cwd=ROOT) as proc:
+    with process([sys.executable, "-m", "router_app.cli", "serve", "--config", str(path)], cwd=ROOT, **kwargs) as proc:
         wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
         yield f"http://127.0.0.1:{port}", proc
 
