@@ -93,9 +93,11 @@ class SwitchView:
             return text + (f" ({progress:.0%})" if progress is not None else "")
         busy = [(self._instances[key].model.id, count) for key, count in where.draining]
         busy += [(self._instances[key].model.id, self.scheduler.inflight(key)) for key in where.blocked_by]
-        if busy:
-            names = ", ".join(f"{count} request(s) on {name}" for name, count in busy)
+        if any(count for _, count in busy):
+            names = ", ".join(f"{count} request(s) on {name}" for name, count in busy if count)
             return f"Waiting for {names} to finish… {elapsed} s"
+        if busy:  # idle, kept a moment for its clients' follow-up requests
+            return f"Waiting for follow-up requests to {', '.join(name for name, _ in busy)}… {elapsed} s"
         if where.evicting:
             return f"Unloading {', '.join(self._names(where.evicting))}… {elapsed} s"
         if where.phase is Phase.PENDING:

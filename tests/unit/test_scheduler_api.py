@@ -400,3 +400,30 @@ def test_every_eviction_carries_its_typed_cause() -> None:
     s.evict_done("a", False, 42)
     loaded(s, "a", 5, now=43)
     assert causes(s.retire("a", 44, None)) == [("a", EvictCause.RECONFIGURED)]
+
+
+# --- an idle model others wait for lingers for its clients' follow-up requests ---------------------
+
+
+def test_an_idle_model_lingers_a_tenth_of_its_reload_cost_for_follow_up_requests() -> None:
+    s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6), ModelSpec("b", ("g",), 6)], fairness_s=10)
+    loaded(s, "a", 1, now=0, release=False)
+    s.set_reload_cost("a", 20.0)  # loading a again would take 20 s: it lingers 2 s after its last request
+    assert s.request(2, "b", 1) == [] and s.waiting(2).blocked_by == ("a",)
+    assert s.release(1, 3) == [], "a's follow-up request may come in the next moments"
+    assert s.next_deadline() == 5.0
+    assert s.request(3, "a", 4) == [Grant(3, "a")], "the follow-up is served without a reload"
+    assert s.release(3, 4.5) == [] and s.next_deadline() == 6.5
+    assert s.tick(6.4) == []
+    assert s.tick(6.5) == [Evict("a", "making room for b")]
+
+
+def test_lingering_ends_at_the_fairness_bound_and_is_nothing_without_a_known_reload_cost() -> None:
+    s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6), ModelSpec("b", ("g",), 6)], fairness_s=1)
+    loaded(s, "a", 1, now=0)
+    s.set_reload_cost("a", 600.0)
+    assert s.request(2, "b", 0.5) == [] and s.next_deadline() == 1.0, "bounded by fairness_s"
+    assert s.tick(1.0) == [Evict("a", "making room for b")]
+    fresh = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6), ModelSpec("b", ("g",), 6)], fairness_s=10)
+    loaded(fresh, "a", 1, now=0)
+    assert fresh.request(2, "b", 0) == [Evict("a", "making room for b")], "never loaded: no cost known"

@@ -46,6 +46,7 @@ class World:
         fairness_s: float,
         drain_timeout_s: float | None,
         sleep_fails: bool = False,
+        reload_costs: dict[str, float] | None = None,
     ) -> None:
         self.specs = {s.id: s for s in specs}
         self.devices = devices
@@ -53,6 +54,8 @@ class World:
         self.drain_timeout_s = drain_timeout_s
         self.sleep_fails = sleep_fails
         self.s = Scheduler(dict(devices), specs, fairness_s=fairness_s, drain_timeout_s=drain_timeout_s)
+        for model, seconds in (reload_costs or {}).items():  # an idle model others wait for lingers a share of it
+            self.s.set_reload_cost(model, seconds)
         self.engines = {m: Engine() for m in self.specs}
         self.now = 0.0
         self.next_id = 0
@@ -327,6 +330,7 @@ def worlds(draw: st.DrawFn) -> World:
         fairness_s=draw(st.sampled_from([0.0, 2.5, 10.0])),
         drain_timeout_s=draw(st.sampled_from([None, 3.0, 15.0])),
         sleep_fails=draw(st.booleans()),
+        reload_costs={s.id: draw(st.sampled_from([0.0, 0.0, 8.0, 60.0])) for s in specs},
     )
 
 
@@ -336,7 +340,9 @@ def exclusive_worlds(draw: st.DrawFn) -> World:
     specs = [
         ModelSpec(f"m{i}", ("cpu",), sleeps=draw(st.booleans()), cancel_abandoned=draw(st.booleans())) for i in range(3)
     ]
-    return World(specs, {"cpu": None}, fairness_s=draw(st.sampled_from([2.5, 10.0])), drain_timeout_s=None)
+    costs = {s.id: draw(st.sampled_from([0.0, 8.0, 60.0])) for s in specs}
+    fairness_s = draw(st.sampled_from([2.5, 10.0]))
+    return World(specs, {"cpu": None}, fairness_s=fairness_s, drain_timeout_s=None, reload_costs=costs)
 
 
 SLEEPER_IN_THE_WAY = (

@@ -159,6 +159,22 @@ async def _until(predicate) -> None:
         delay = min(delay * 2, 0.05)
 
 
+async def test_a_follow_up_request_to_an_idle_model_others_wait_for_is_served_without_a_reload() -> None:
+    """a loaded before in 1 s (history): idle while b waits, it lingers 0.1 s for its clients' next request."""
+    journal: list[str] = []
+    switcher = build(journal)
+    await switcher.load("a")
+    journal.clear()
+    waiting = switcher.ticket("b")
+    assert waiting.status().startswith("Waiting for follow-up requests to a")
+    follow_up = switcher.ticket("a")
+    assert follow_up.granted.done() and follow_up.runtime is switcher.instance("a"), "served by the resident a"
+    follow_up.release()
+    await asyncio.wait_for(waiting.wait(), 10)
+    assert journal == ["stop a", "start b"]
+    waiting.release()
+
+
 async def test_busy_model_keeps_serving_until_fairness_bound_then_switches() -> None:
     journal: list[str] = []
     switcher = build(journal, fairness_s=0.2)

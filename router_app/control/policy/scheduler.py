@@ -74,6 +74,9 @@ class _Model:
         return self.leaving is not None and self.leaving.stop
 
 
+# An idle model that others wait for stays this share of its reload cost (see _lingers_until).
+LINGER_SHARE = 0.1
+
 _FULL = (Phase.PENDING, Phase.LOADING, Phase.READY)
 _LEAVING = (Phase.DRAINING, Phase.EVICTING)
 
@@ -146,11 +149,10 @@ class Scheduler:
             if state.phase is Phase.DRAINING and self.drain_timeout_s is not None:
                 times.append(state.draining_since + self.drain_timeout_s)
             if state.blocked_by and state.waiters:
-                start = max(
-                    [next(iter(state.waiters.values()))]
-                    + [self._models[b].ready_since for b in state.blocked_by if b in self._models]
-                )
+                blockers = [self._models[b] for b in state.blocked_by if b in self._models]
+                start = max([next(iter(state.waiters.values()))] + [b.ready_since for b in blockers])
                 times.append(start + self.fairness_s)
+                times += [self._lingers_until(b) for b in blockers if b.phase is Phase.READY and not b.inflight]
         return min(times) if times else None
 
     # --- events --------------------------------------------------------------------------
@@ -351,6 +353,11 @@ class Scheduler:
             return None
         return state.spec.ttl_s if state.spec.ttl_s is not None else self.default_ttl_s
 
+    def _lingers_until(self, state: _Model) -> float:
+        """An idle model others wait for is kept a moment for its clients' follow-up requests (a chat UI asks for a
+        title right after an answer): LINGER_SHARE of what loading it again would cost, at most `fairness_s`."""
+        return state.last_used + min(LINGER_SHARE * state.reload_cost_s, self.fairness_s)
+
     def _grant(self, request_id: int, model: str) -> Grant:
         self._granted[request_id] = model
         state = self._models.get(model)
@@ -490,7 +497,7 @@ class Scheduler:
             state.waiters.clear()
             return list(failed)
         victims = [self._models[c.model] for c in chosen] + forced
-        busy = [v for v in victims if v.phase is Phase.READY and v.inflight > 0]
+        busy = [v for v in victims if v.phase is Phase.READY and (v.inflight > 0 or now < self._lingers_until(v))]
         if busy:
             start = max([min(state.waiters.values())] + [v.ready_since for v in busy])
             if now - start < self.fairness_s:
