@@ -182,6 +182,22 @@ def test_one_tick_evicts_for_idleness_and_for_the_drain_bound_together() -> None
     ]
 
 
+def test_one_tick_evicts_every_model_idle_past_its_ttl() -> None:
+    s = Scheduler({}, [ModelSpec("a", ("g",), ttl_s=5), ModelSpec("b", ("h",), ttl_s=5)])
+    loaded(s, "a", 1)
+    loaded(s, "b", 2)
+    assert s.tick(5) == [Evict("a", "idle for 5 s (ttl 5 s)"), Evict("b", "idle for 5 s (ttl 5 s)")]
+
+
+def test_a_newcomer_that_needs_two_idle_models_gone_evicts_both_at_once() -> None:
+    specs = [ModelSpec("a", ("g",), 4), ModelSpec("b", ("g",), 4), ModelSpec("big", ("g",), 9)]
+    s = Scheduler({"g": 10}, specs)
+    loaded(s, "a", 1)
+    loaded(s, "b", 2)
+    evicted = s.request(3, "big", 1)
+    assert sorted(e.model for e in evicted if isinstance(e, Evict)) == ["a", "b"] and len(evicted) == 2
+
+
 def test_memory_freed_by_an_eviction_moves_a_waiter_that_a_busy_model_still_blocks() -> None:
     s = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 5), ModelSpec("c", ("g",), 5), ModelSpec("b", ("g",), 6)])
     loaded(s, "a", 1, release=False)
