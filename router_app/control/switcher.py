@@ -427,7 +427,11 @@ class Switcher:
     # one is gone.
 
     def _new_key(self, model: str) -> str:
-        return model if model not in self.instances else f"{model}#{self._reloads}"
+        """The model's id, or `<id>#<reload>` while an old instance still holds the id (any id may contain "#")."""
+        key, reload = model, self._reloads
+        while key in self.instances:
+            key, reload = f"{model}#{reload}", reload + 1
+        return key
 
     async def reconfigure(self, runtimes: dict[str, EngineInstance], changed: set[str], removed: set[str]) -> None:
         """Apply a reloaded config. `runtimes` are the new engines of added and changed models; unchanged models
@@ -438,25 +442,32 @@ class Switcher:
         retiring = {model: self.current.pop(model) for model in sorted(changed | removed)}
         for model in removed:
             self._statuses.pop(model, None)
+        for model, old in list(retiring.items()):
+            if not self.scheduler.manages(old):  # a remote API: nothing to drain or stop (requests hold their instance)
+                del retiring[model]
+                self.instances.pop(old)
         for model, runtime in runtimes.items():
             runtime.key = self._new_key(model)
             runtime.on_lost = self._lost_handler(runtime)
             self.instances[runtime.key] = runtime
             self.current[model] = runtime.key
-            spec = self._spec(runtime)
-            if model in changed:  # not before the old engine (maybe the same systemd unit) is gone
-                group = f"~reload-{model}"
-                old = retiring[model]
-                self.scheduler.set_spec(ModelSpec(**{**self.scheduler.spec(old).__dict__, "group": group}))
-                spec = ModelSpec(**{**spec.__dict__, "group": group})
-            self.scheduler.add(spec)
+            if runtime.supervisor is not None:
+                spec = self._spec(runtime)
+                if model in retiring:  # not before the old engine (maybe the same systemd unit) is gone
+                    group = f"~reload-{model}"
+                    old = retiring[model]
+                    self.scheduler.set_spec(ModelSpec(**{**self.scheduler.spec(old).__dict__, "group": group}))
+                    spec = ModelSpec(**{**spec.__dict__, "group": group})
+                self.scheduler.add(spec)
             self._statuses[model] = self.view.status(model)
         for model, old in retiring.items():
             self._stopped[old] = asyncio.Event()
             log.info(
                 "config reload: %s %s; its engine drains and stops", model, "changed" if model in changed else "removed"
             )
-            self.apply(self.scheduler.retire(old, self.clock(), self.current.get(model)))
+            successor = self.current.get(model)
+            managed = successor is not None and self.scheduler.manages(successor)
+            self.apply(self.scheduler.retire(old, self.clock(), successor if managed else None))
         for model, old in retiring.items():
             try:
                 await self._stopped[old].wait()
@@ -465,7 +476,7 @@ class Switcher:
                 self.scheduler.remove(old)
                 self.instances.pop(old, None)
                 successor = self.current.get(model)
-                if successor is not None:
+                if successor is not None and self.scheduler.manages(successor):
                     self.scheduler.set_spec(self._spec(self.instances[successor]))
         self.apply([])
         for model, runtime in runtimes.items():  # changed pinned/preload models come back like at start

@@ -548,3 +548,36 @@ async def test_a_failed_stop_keeps_the_memory_counted_until_the_engine_is_gone()
     assert journal == ["start a", "stop a failed", "stop a failed", "stop a", "start b"]
     assert switcher.instance("a").last_error == "could not be stopped: systemctl stop a failed: Job canceled"
     ticket.release()
+
+
+async def test_a_reload_changes_adds_and_removes_remote_models_beside_local_ones() -> None:
+    """Remote APIs (no supervisor) have nothing to drain or stop: a reload swaps them at once (it used to fail with
+    a KeyError for a changed or removed one, leaving the reload half done)."""
+    from router_app.engines.adapters import adapter_for
+
+    def remote(model_id: str, port: int) -> EngineInstance:
+        model = ModelConfig(id=model_id, backend="openai", url=f"http://127.0.0.1:{port}/v1")
+        return EngineInstance(model, adapter_for(model, None), None, RouterSettings())  # type: ignore[arg-type]
+
+    journal: list[str] = []
+    settings = RouterSettings()
+    model_a = ModelConfig(id="a", backend="llamacpp", port=1, command=["x"])
+    supervisor_a = MemorySupervisor("a", journal)
+    local_a = EngineInstance(model_a, ReadyAdapter(model_a, supervisor_a), supervisor_a, settings)
+    old_r, gone = remote("r", 9), remote("gone", 9)
+    switcher = Switcher({"a": local_a, "r": old_r, "gone": gone}, settings)
+    in_flight = switcher.ticket("r")
+    assert in_flight.runtime is old_r
+    new_r, added = remote("r", 8), remote("a#1", 7)  # an id that looks like an instance key
+    changed_a = ModelConfig(id="a", backend="llamacpp", port=1, command=["x", "--new"])
+    supervisor = MemorySupervisor("a-new", journal)
+    new_a = EngineInstance(changed_a, ReadyAdapter(changed_a, supervisor), supervisor, RouterSettings())
+    await asyncio.wait_for(
+        switcher.reconfigure({"r": new_r, "a#1": added, "a": new_a}, changed={"r", "a"}, removed={"gone"}), 10
+    )
+    assert switcher.instance("r") is new_r and switcher.instance("a#1") is added and "gone" not in switcher.current
+    assert switcher.view.status("r") == "loaded" and not switcher.scheduler.manages(new_r.key)
+    assert switcher.instance("a") is new_a and new_a.key not in ("a", "a#1") and added.key == "a#1"
+    await switcher.load("a")
+    assert journal[-1] == "start a-new"
+    in_flight.release()
