@@ -105,6 +105,7 @@ class Switcher:
     ) -> None:
         self.instances: dict[str, EngineInstance] = {rt.key: rt for rt in runtimes.values()}
         self.current: dict[str, str] = {model: rt.key for model, rt in runtimes.items()}
+        self._keys_used = set(self.instances)
         self.settings = settings
         self.memory = memory
         self.history = history or History(None)
@@ -427,10 +428,12 @@ class Switcher:
     # one is gone.
 
     def _new_key(self, model: str) -> str:
-        """The model's id, or `<id>#<reload>` while an old instance still holds the id (any id may contain "#")."""
+        """The model's id, or `<id>#<reload>` once the id was used: a key is never reused, so a request still
+        counted on an old instance (a remote API's stream) never counts on a new one (any id may contain "#")."""
         key, reload = model, self._reloads
-        while key in self.instances:
+        while key in self._keys_used:
             key, reload = f"{model}#{reload}", reload + 1
+        self._keys_used.add(key)
         return key
 
     async def reconfigure(self, runtimes: dict[str, EngineInstance], changed: set[str], removed: set[str]) -> None:
@@ -456,7 +459,9 @@ class Switcher:
                 if model in retiring:  # not before the old engine (maybe the same systemd unit) is gone
                     group = f"~reload-{model}"
                     old = retiring[model]
-                    self.scheduler.set_spec(ModelSpec(**{**self.scheduler.spec(old).__dict__, "group": group}))
+                    # Retiring, the old engine is no longer pinned: it would make its successor "never fit".
+                    retired = {**self.scheduler.spec(old).__dict__, "group": group, "pinned": False}
+                    self.scheduler.set_spec(ModelSpec(**retired))
                     spec = ModelSpec(**{**spec.__dict__, "group": group})
                 self.scheduler.add(spec)
             self._statuses[model] = self.view.status(model)
@@ -467,7 +472,12 @@ class Switcher:
             )
             successor = self.current.get(model)
             managed = successor is not None and self.scheduler.manages(successor)
-            self.apply(self.scheduler.retire(old, self.clock(), successor if managed else None))
+            effects = self.scheduler.retire(old, self.clock(), successor if managed else None)
+            if successor is not None and not managed:  # now a remote API: its waiters are served there at once
+                moved = [e for e in effects if isinstance(e, Fail) and e.cause is FailCause.REMOVED]
+                effects = [e for e in effects if e not in moved]
+                effects += [g for e in moved for g in self.scheduler.request(e.request_id, successor, self.clock())]
+            self.apply(effects)
         for model, old in retiring.items():
             try:
                 await self._stopped[old].wait()

@@ -443,3 +443,38 @@ def test_lingering_ends_at_the_fairness_bound_and_is_nothing_without_a_known_rel
     fresh = Scheduler({"g": 10}, [ModelSpec("a", ("g",), 6), ModelSpec("b", ("g",), 6)], fairness_s=10)
     loaded(fresh, "a", 1, now=0)
     assert fresh.request(2, "b", 0) == [Evict("a", "making room for b")], "never loaded: no cost known"
+
+
+def test_a_waiter_whose_model_is_evicted_leaves_no_deadline_due_for_ever() -> None:
+    """a waits for the lingering b; c then takes the sleeping a as its victim: a's old wait must not keep a
+    deadline that every tick leaves due (the owner's timer would fire every millisecond)."""
+    specs = [
+        ModelSpec("b", ("g",), footprint=60),
+        ModelSpec("a", ("g",), footprint=60, sleeps=True, sleep_footprint=30),
+        ModelSpec("c", ("g",), footprint=20),
+    ]
+    s = Scheduler({"g": 100}, specs, fairness_s=10)
+    s.set_reload_cost("b", 10.0)  # lingers 1 s after its last request
+    s.adopt("b", 0.0)
+    s.adopt("a", 0.0, asleep=True)
+    s.request(1, "b", 4.0)
+    s.release(1, 5.0)
+    assert s.request(2, "a", 5.1) == [] and s.waiting(2).blocked_by == ("b",) and s.next_deadline() == 6.0
+    assert s.request(3, "c", 5.2) == [Evict("a", "making room for c")]
+    for now in (6.5, 7.0, 8.0):
+        s.tick(now)
+        deadline = s.next_deadline()
+        assert deadline is None or deadline > now, f"a deadline due at {now} stays due: {deadline}"
+
+
+def test_a_waiter_still_has_its_wait_described_after_a_retired_victim_is_forgotten() -> None:
+    s = Scheduler({"g": 100}, [ModelSpec("x", ("g",), 50), ModelSpec("y", ("g",), 50), ModelSpec("p", ("g",), 100)])
+    s.fairness_s = 0
+    s.adopt("x", 0)
+    s.adopt("y", 0)
+    s.request(1, "x", 1)  # x busy
+    assert s.request(2, "p", 2) == [Evict("y", "making room for p")]  # x drains, y goes
+    s.retire("y", 2.1, None)
+    s.evict_done("y", False, 2.2)
+    s.remove("y")  # a reload forgot y; p still waits for x
+    assert s.waiting(2).draining == (("x", 1),)

@@ -581,3 +581,64 @@ async def test_a_reload_changes_adds_and_removes_remote_models_beside_local_ones
     await switcher.load("a")
     assert journal[-1] == "start a-new"
     in_flight.release()
+
+
+def _remote(model_id: str) -> EngineInstance:
+    from router_app.engines.adapters import adapter_for
+
+    model = ModelConfig(id=model_id, backend="openai", url="http://127.0.0.1:9/v1")
+    return EngineInstance(model, adapter_for(model, None), None, RouterSettings())  # type: ignore[arg-type]
+
+
+def _local(model_id: str, journal: list[str], name: str, **extra: object) -> EngineInstance:
+    model = ModelConfig(id=model_id, backend="llamacpp", port=1, command=["x", name], **extra)
+    supervisor = MemorySupervisor(name, journal)
+    return EngineInstance(model, ReadyAdapter(model, supervisor), supervisor, RouterSettings())
+
+
+async def test_a_request_on_a_remote_api_a_reload_made_local_never_counts_on_the_new_engine() -> None:
+    journal: list[str] = []
+    switcher = Switcher({"r": _remote("r")}, RouterSettings())
+    remote_stream = switcher.ticket("r")  # a long stream on the remote API
+    new_r = _local("r", journal, "r-local")
+    await asyncio.wait_for(switcher.reconfigure({"r": new_r}, changed={"r"}, removed=set()), 5)
+    local = switcher.ticket("r")
+    await asyncio.wait_for(local.wait(), 5)
+    remote_stream.release()
+    assert new_r.key != "r" and switcher.scheduler.inflight(new_r.key) == 1, "the old stream is not the new engine's"
+    local.release()
+
+
+async def test_requests_waiting_for_a_model_a_reload_makes_remote_are_served_there() -> None:
+    journal: list[str] = []
+    gate = asyncio.Event()
+    old = _local("a", journal, "a")
+
+    async def slow_start(argv=None, env=None) -> None:
+        await gate.wait()
+
+    old.supervisor.start = slow_start  # type: ignore[union-attr, method-assign]
+    switcher = Switcher({"a": old}, RouterSettings())
+    waiting = switcher.ticket("a")  # its load hangs
+    new = _remote("a")
+    await asyncio.wait_for(switcher.reconfigure({"a": new}, changed={"a"}, removed=set()), 5)
+    await asyncio.wait_for(waiting.wait(), 5)
+    assert waiting.runtime is new
+    waiting.release()
+
+
+async def test_a_pinned_model_changed_by_a_reload_serves_its_waiters_from_the_new_definition() -> None:
+    journal: list[str] = []
+    switcher = Switcher({"a": _local("a", journal, "a", pinned=True)}, RouterSettings())
+    await switcher.load("a")
+    in_flight = switcher.ticket("a")
+    await in_flight.wait()
+    new = _local("a", journal, "a-new", pinned=True)
+    reload = asyncio.create_task(switcher.reconfigure({"a": new}, changed={"a"}, removed=set()))
+    await asyncio.sleep(0.05)
+    waiting = switcher.ticket("a")  # not "model_too_large": the retiring engine is no longer pinned
+    in_flight.release()
+    await asyncio.wait_for(waiting.wait(), 5)
+    assert waiting.runtime is new
+    await asyncio.wait_for(reload, 5)
+    waiting.release()

@@ -148,7 +148,9 @@ class Scheduler:
                 times.append(state.last_used + ttl)
             if state.phase is Phase.DRAINING and self.drain_timeout_s is not None:
                 times.append(state.draining_since + self.drain_timeout_s)
-            if state.blocked_by and state.waiters:
+            # Only a model that `_plan` advances (stopped or asleep) may wait on its blockers: one being evicted
+            # keeps its old `blocked_by`, whose deadline would stay due (a timer spinning).
+            if state.blocked_by and state.waiters and state.phase in (Phase.STOPPED, Phase.SLEEPING):
                 blockers = [self._models[b] for b in state.blocked_by if b in self._models]
                 start = max([next(iter(state.waiters.values()))] + [b.ready_since for b in blockers])
                 times.append(start + self.fairness_s)
@@ -336,6 +338,9 @@ class Scheduler:
         self._models.pop(model)
         for rid in [rid for rid, granted in self._granted.items() if granted == model]:
             del self._granted[rid]
+        for other in self._models.values():  # what others wait on names it no more
+            other.victims = tuple(v for v in other.victims if v != model)
+            other.blocked_by = tuple(b for b in other.blocked_by if b != model)
 
     def set_spec(self, spec: ModelSpec) -> None:
         self._models[spec.id].spec = spec
