@@ -19,6 +19,8 @@ import pytest
 import yaml
 from hypothesis import Phase, settings
 
+from router_app.tools.demo import llama_server_command
+
 # `make mutation` runs every mutant against the same examples (derandomized), fewer of them, and does not shrink
 # the failures it finds (a killed mutant only needs one).
 settings.register_profile("mutation", derandomize=True, max_examples=50, phases=[Phase.explicit, Phase.generate])
@@ -56,25 +58,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def llama_model(binary: Path, gguf: Path, model_id: str, *extra: str, ctx: int = 1024, **fields: Any) -> dict:
     """A models: entry that runs llama-server on a free port."""
-    command = [
-        str(binary),
-        "-m",
-        str(gguf),
-        "-a",
-        model_id,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "${PORT}",
-        "-c",
-        str(ctx),
-        "-np",
-        "1",
-        "-t",
-        "1",
-        "--no-webui",
-        *extra,
-    ]
+    command = [*llama_server_command(binary, gguf, model_id, ctx), *extra]
     return {"id": model_id, "backend": "llamacpp", "command": command, **fields}
 
 

@@ -15,6 +15,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 
 from router_app.config import RouterSettings
 from router_app.control.policy.placement import format_bytes
@@ -46,7 +47,10 @@ class RequestFailed(SwitchError):
     def __init__(self, reason: str, cause: FailCause) -> None:
         super().__init__(reason)
         self.cause = cause
-        self.code = cause.value
+
+    @property
+    def code(self) -> str:  # type: ignore[override]
+        return self.cause.value
 
 
 class Ticket:
@@ -317,7 +321,7 @@ class Switcher:
         if ok:
             self.scheduler.set_reload_cost(model, self.history.get(name).median_load_s() or elapsed)
             spec = self.scheduler.spec(model)
-            self.scheduler.set_spec(ModelSpec(**{**spec.__dict__, "cancel_abandoned": runtime.model.cancel_abandoned}))
+            self.scheduler.set_spec(replace(spec, cancel_abandoned=runtime.model.cancel_abandoned))
         log.info("load of %s %s in %.2f s", model, "done" if ok else "FAILED", elapsed)
         self.apply(self.scheduler.load_done(model, ok, reason, self.clock()))
 
@@ -460,9 +464,8 @@ class Switcher:
                     group = f"~reload-{model}"
                     old = retiring[model]
                     # Retiring, the old engine is no longer pinned: it would make its successor "never fit".
-                    retired = {**self.scheduler.spec(old).__dict__, "group": group, "pinned": False}
-                    self.scheduler.set_spec(ModelSpec(**retired))
-                    spec = ModelSpec(**{**spec.__dict__, "group": group})
+                    self.scheduler.set_spec(replace(self.scheduler.spec(old), group=group, pinned=False))
+                    spec = replace(spec, group=group)
                 self.scheduler.add(spec)
             self._statuses[model] = self.view.status(model)
         for model, old in retiring.items():

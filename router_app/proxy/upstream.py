@@ -79,10 +79,13 @@ class DirectConnector(aiohttp.TCPConnector):
             raise client_error(req.connection_key, exc) from exc
 
 
+# The aiohttp hook DirectConnector overrides, as this aiohttp calls it (checked once, at import).
+_HOOK = inspect.signature(aiohttp.TCPConnector._wrap_create_connection).parameters
+_HOOKED = {"addr_infos", "req", "timeout"} <= _HOOK.keys()
+
+
 def _connector(keep_alive: bool) -> aiohttp.TCPConnector:
-    hook = inspect.signature(aiohttp.TCPConnector._wrap_create_connection).parameters
-    kind = DirectConnector if {"addr_infos", "req", "timeout"} <= hook.keys() else aiohttp.TCPConnector
-    return kind(limit=0, force_close=not keep_alive)
+    return (DirectConnector if _HOOKED else aiohttp.TCPConnector)(limit=0, force_close=not keep_alive)
 
 
 class UpstreamError(Exception):

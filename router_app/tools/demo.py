@@ -21,28 +21,19 @@ DEMO_CONTEXT = 16384
 DEMO_MAX_TOKENS = 128
 
 
+def llama_server_command(binary: Path, gguf: Path, model_id: str, ctx: int) -> list[str]:
+    """llama-server on 127.0.0.1 and the port the router picks, one slot, one thread (the demo's and the tests')."""
+    return [
+        *(str(binary), "-m", str(gguf), "-a", model_id, "--host", "127.0.0.1", "--port", "${PORT}"),
+        *("-c", str(ctx), "-np", "1", "-t", "1", "--no-webui"),
+    ]
+
+
 def demo_config(directory: Path, llama_server: Path, port: int = 8002) -> dict:
     """The demo's config: process supervisor, each model on a free port picked at start."""
     models = []
     for model_id, _seed, aliases in DEMO_MODELS:
-        command = [
-            str(llama_server),
-            "-m",
-            str(directory / f"{model_id}.gguf"),
-            "-a",
-            model_id,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "${PORT}",
-            "-c",
-            str(DEMO_CONTEXT),
-            "-np",
-            "1",
-            "-t",
-            "1",
-            "--no-webui",
-        ]
+        command = llama_server_command(llama_server, directory / f"{model_id}.gguf", model_id, DEMO_CONTEXT)
         models.append(
             {
                 "id": model_id,
