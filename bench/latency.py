@@ -2,6 +2,8 @@
 
 Same llama-server engine (tiny model), three paths measured interleaved in one run: direct, through
 llm-router, through LiteLLM's proxy (installed in its own venv under ~/.cache/llm-router/bench/).
+llm-router reaches the engine on the Unix socket it picks, as `make demo` runs engines; direct and LiteLLM on its
+TCP port.
 
     python bench/latency.py [--requests 400]
 """
@@ -50,6 +52,12 @@ def measure(client: httpx.Client, urls: dict[str, str], requests: int) -> dict[s
     return samples
 
 
+def with_socket(command: list[str]) -> list[str]:
+    """llama-server listening on 127.0.0.1 (its port) and on the router's `${SOCKET}` as well."""
+    host = command.index("--host") + 1
+    return [*command[:host], command[host] + ",${SOCKET}", *command[host + 1 :]]
+
+
 def run(requests: int = 400, with_litellm: bool = True) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     models = tiny_models(workdir)
@@ -60,8 +68,8 @@ def run(requests: int = 400, with_litellm: bool = True) -> dict:
             {
                 "id": "tiny-a",
                 "backend": "llamacpp",
-                "port": engine_port,
-                "command": llama_command(binary, models["tiny-a"], "tiny-a", str(engine_port)),
+                # The router on the Unix socket it picks (as `make demo` runs engines); direct and LiteLLM on the port.
+                "command": with_socket(llama_command(binary, models["tiny-a"], "tiny-a", str(engine_port))),
             }
         ]
     }

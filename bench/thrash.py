@@ -238,7 +238,8 @@ def llm_router_loads(base: str) -> int:
 
 
 def engine_command(binary: str, path: Path, name: str, flags: list[str]) -> list[str]:
-    return [binary, "-m", str(path), "-a", name, "--host", "127.0.0.1", "--port", "${PORT}", *flags]
+    """llama-server as llm-router runs it in `make demo`: on the Unix socket the router picks."""
+    return [binary, "-m", str(path), "-a", name, "--host", "${SOCKET}", *flags]
 
 
 def llm_router_config(binary: str, models: dict[str, Path], mix: Mix) -> dict:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,8 +17,9 @@ from starlette.responses import Response
 from router_app import __version__
 from router_app.config import Config, ModelConfig
 from router_app.control.switcher import Switcher
-from router_app.engines.adapters import adapter_for
+from router_app.engines.adapters import adapter_for, control_client
 from router_app.engines.instance import EngineInstance
+from router_app.engines.sockets import SocketDir
 from router_app.engines.supervisors import ProcessSupervisor, Supervisor, SystemdSupervisor, default_unit_name
 from router_app.fleet import Fleet
 from router_app.live import Keys, Live, LiveConfig
@@ -53,17 +53,13 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
     settings = config.router
     live = LiveConfig(Live(config, Keys(config)))
     metrics = RouterMetrics()
-    # Control calls to engines (readiness, sleep/wake): no keep-alive, because llama-server lingers about
-    # 100 ms on exit while an idle connection is open, which every switch would pay.
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=0),
-    )
+    client = control_client()
+    sockets = SocketDir()
 
     def make_runtime(conf: Config, model: ModelConfig) -> EngineInstance:
-        return EngineInstance(
-            model, adapter_for(model, client), build_supervisor(conf, model.id), conf.router, metrics=metrics
-        )
+        supervisor = build_supervisor(conf, model.id)
+        adapter = adapter_for(model, client)
+        return EngineInstance(model, adapter, supervisor, conf.router, metrics=metrics, sockets=sockets)
 
     runtimes = {model.id: make_runtime(config, model) for model in config.models}
     upstream = Upstream()
@@ -109,6 +105,7 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
             await upstream.close()
             await fleet.close()
             await client.aclose()
+            sockets.remove()
 
     app = FastAPI(title="llm-router", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
 

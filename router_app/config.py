@@ -291,6 +291,11 @@ class ModelConfig(Strict):
         return self.backend is not Backend.OPENAI
 
     @property
+    def on_socket(self) -> bool:
+        """The engine listens on a Unix socket the router picks (`${SOCKET}` in its command), not on a port."""
+        return any("${SOCKET}" in arg for arg in self.command)
+
+    @property
     def effective_health_path(self) -> str:
         return self.health_path or DEFAULT_HEALTH_PATH[self.backend]
 
@@ -326,8 +331,17 @@ class Config(Strict):
             if self.router.supervisor == "process":
                 if not model.command:
                     raise ValueError(f"{where}: the process supervisor needs 'command' (argv list)")
-                if model.port is None and not any("${PORT}" in arg for arg in model.command):
-                    raise ValueError(f"{where}: set 'port', or put ${{PORT}} in 'command' to get a free port")
+                on_port = any("${PORT}" in arg for arg in model.command)
+                if model.on_socket and (on_port or model.port is not None):
+                    extra = "${PORT} from 'command'" if on_port else "'port'"
+                    raise ValueError(
+                        f"{where}: 'command' has ${{SOCKET}}, so the engine listens on a Unix socket: drop {extra}"
+                    )
+                if model.port is None and not on_port and not model.on_socket:
+                    raise ValueError(
+                        f"{where}: set 'port', or put ${{PORT}} in 'command' to get a free port "
+                        "(or ${SOCKET} for a Unix socket: llama-server's --host ${SOCKET})"
+                    )
             else:
                 if model.command:
                     raise ValueError(f"{where}: 'command' is for the process supervisor; systemd starts 'unit'")

@@ -56,9 +56,11 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def llama_model(binary: Path, gguf: Path, model_id: str, *extra: str, ctx: int = 1024, **fields: Any) -> dict:
-    """A models: entry that runs llama-server on a free port."""
-    command = [*llama_server_command(binary, gguf, model_id, ctx), *extra]
+def llama_model(
+    binary: Path, gguf: Path, model_id: str, *extra: str, ctx: int = 1024, on_socket: bool = True, **fields: Any
+) -> dict:
+    """A models: entry that runs llama-server as the demo does (a Unix socket), or on a free port."""
+    command = [*llama_server_command(binary, gguf, model_id, ctx, on_socket), *extra]
     return {"id": model_id, "backend": "llamacpp", "command": command, **fields}
 
 
@@ -120,6 +122,16 @@ class RouterProcess:
 
     def engine_port(self, model_id: str) -> int:
         return int(next(m for m in self.health()["models"] if m["id"] == model_id)["port"])
+
+    def engine_socket(self, model_id: str) -> str:
+        return str(next(m for m in self.health()["models"] if m["id"] == model_id)["socket"])
+
+    def engine(self, model_id: str) -> httpx.Client:
+        """A client to the model's engine itself, past the router (on its Unix socket or its port)."""
+        model = next(m for m in self.health()["models"] if m["id"] == model_id)
+        if "socket" in model:
+            return httpx.Client(base_url="http://localhost", transport=httpx.HTTPTransport(uds=model["socket"]))
+        return httpx.Client(base_url=f"http://127.0.0.1:{model['port']}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -487,7 +487,9 @@ class Switcher:
             finally:  # each retiring engine is forgotten, whatever happened to the others
                 del self._stopped[old]
                 self.scheduler.remove(old)
-                self.instances.pop(old, None)
+                retired = self.instances.pop(old, None)
+                if retired is not None:
+                    await retired.close()
                 successor = self.current.get(model)
                 if successor is not None and self.scheduler.manages(successor):
                     self.scheduler.set_spec(self._spec(self.instances[successor]))
@@ -578,3 +580,4 @@ class Switcher:
                 await task
         if stop_engines:
             await asyncio.gather(*(rt.shutdown() for rt in self.instances.values()))
+        await asyncio.gather(*(rt.close() for rt in self.instances.values()))

@@ -26,6 +26,7 @@ import httpx
 
 from router_app.config import ModelConfig, RouterSettings
 from router_app.engines.adapters import EngineAdapter, EngineError, Health
+from router_app.engines.sockets import SocketDir
 from router_app.engines.supervisors import Supervisor, SupervisorError
 from router_app.memory.history import SleepRecord
 
@@ -82,7 +83,7 @@ def free_port(host: str) -> int:
 
 
 def expand(argv: list[str], values: dict[str, str]) -> list[str]:
-    """Replace ${NAME} macros (PORT, HOST, MODEL_ID, SERVED_NAME) in a command."""
+    """Replace ${NAME} macros (PORT, SOCKET, HOST, MODEL_ID, SERVED_NAME) in a command."""
     out = []
     for arg in argv:
         for name, value in values.items():
@@ -102,6 +103,7 @@ class EngineInstance:
         settings: RouterSettings,
         on_lost: Callable[[str, str], None] | None = None,
         metrics: RouterMetrics | None = None,
+        sockets: SocketDir | None = None,
     ) -> None:
         self.model = model
         # The switcher's key for this instance: the model's id, or `<id>#<reload>` for one a config reload made.
@@ -116,6 +118,8 @@ class EngineInstance:
         self.last_failure: dict[str, str | float] | None = None  # the last load that failed: cause, reason, at
         self.since = time.time()
         self.port: int | None = model.port
+        self.socket: str | None = None  # `${SOCKET}`: the Unix socket path, picked at the first start
+        self._sockets = sockets or SocketDir()
         self.load_seconds: float | None = None
         self._watch: asyncio.Task[None] | None = None
         self._metrics = metrics
@@ -150,7 +154,9 @@ class EngineInstance:
         }
         if self.supervisor is not None:
             data["supervisor"] = self.supervisor.description
-        if self.port:
+        if self.socket:
+            data["socket"] = self.socket
+        elif self.port:
             data["port"] = self.port
         if self.load_seconds is not None:
             data["last_load_s"] = round(self.load_seconds, 3)
@@ -221,18 +227,17 @@ class EngineInstance:
         assert self.supervisor is not None
         argv = None
         if self.model.command:
-            if self.model.port is None:
-                self.port = free_port(self.model.host)
-            self.adapter.set_port(self.port or 0)
-            argv = expand(
-                self.model.command,
-                {
-                    "PORT": str(self.port),
-                    "HOST": self.model.host,
-                    "MODEL_ID": self.model.id,
-                    "SERVED_NAME": self.model.engine_name,
-                },
-            )
+            values = {"HOST": self.model.host, "MODEL_ID": self.model.id, "SERVED_NAME": self.model.engine_name}
+            if self.model.on_socket:
+                self.socket = self._sockets.ready_path(self.socket)
+                self.adapter.use_socket(self.socket)
+                values["SOCKET"] = self.socket
+            else:
+                if self.model.port is None:
+                    self.port = free_port(self.model.host)
+                self.adapter.set_port(self.port or 0)
+                values["PORT"] = str(self.port)
+            argv = expand(self.model.command, values)
         await self.supervisor.start(argv, self.model.env)
         self._watch = asyncio.create_task(self._watch_exit(self.supervisor), name=f"exit-{self.model.id}")
 
@@ -455,3 +460,7 @@ class EngineInstance:
             with contextlib.suppress(Exception):
                 await self._stop_supervisor()
             self._set(ModelState.STOPPED)
+
+    async def close(self) -> None:
+        """Release what the instance holds besides its engine (a Unix-socket client); it is not used again."""
+        await self.adapter.aclose()

@@ -84,7 +84,9 @@ _HOOK = inspect.signature(aiohttp.TCPConnector._wrap_create_connection).paramete
 _HOOKED = {"addr_infos", "req", "timeout"} <= _HOOK.keys()
 
 
-def _connector(keep_alive: bool) -> aiohttp.TCPConnector:
+def _connector(keep_alive: bool, socket: str | None) -> aiohttp.BaseConnector:
+    if socket is not None:
+        return aiohttp.UnixConnector(socket, limit=0, force_close=not keep_alive)
     return (DirectConnector if _HOOKED else aiohttp.TCPConnector)(limit=0, force_close=not keep_alive)
 
 
@@ -143,10 +145,14 @@ class UpstreamResponse:
 
 
 class Engine(Protocol):
-    """What the pool needs of an engine instance: its model's definition (for the connection policy)."""
+    """What the pool needs of an engine instance: its model's definition (for the connection policy), and the
+    Unix socket it listens on, if it does."""
 
     @property
     def model(self) -> ModelConfig: ...
+
+    @property
+    def socket(self) -> str | None: ...
 
 
 class Upstream:
@@ -165,7 +171,7 @@ class Upstream:
         if session is None or session.closed:
             policy = connection_policy(engine.model)
             session = aiohttp.ClientSession(
-                connector=_connector(policy.keep_alive),
+                connector=_connector(policy.keep_alive, engine.socket),
                 timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10),
                 auto_decompress=False,  # bytes pass through as the engine sent them
                 skip_auto_headers=("Accept-Encoding", "User-Agent"),

@@ -21,16 +21,18 @@ DEMO_CONTEXT = 16384
 DEMO_MAX_TOKENS = 128
 
 
-def llama_server_command(binary: Path, gguf: Path, model_id: str, ctx: int) -> list[str]:
-    """llama-server on 127.0.0.1 and the port the router picks, one slot, one thread (the demo's and the tests')."""
+def llama_server_command(binary: Path, gguf: Path, model_id: str, ctx: int, on_socket: bool = True) -> list[str]:
+    """llama-server with one slot and one thread (the demo's and the tests'), listening on the Unix socket the router
+    picks (only the router's user can reach it), or with `on_socket=False` on 127.0.0.1 and a port it picks."""
+    listen = ("--host", "${SOCKET}") if on_socket else ("--host", "127.0.0.1", "--port", "${PORT}")
     return [
-        *(str(binary), "-m", str(gguf), "-a", model_id, "--host", "127.0.0.1", "--port", "${PORT}"),
+        *(str(binary), "-m", str(gguf), "-a", model_id, *listen),
         *("-c", str(ctx), "-np", "1", "-t", "1", "--no-webui"),
     ]
 
 
 def demo_config(directory: Path, llama_server: Path, port: int = 8002) -> dict:
-    """The demo's config: process supervisor, each model on a free port picked at start."""
+    """The demo's config: process supervisor, each model's engine on its own Unix socket."""
     models = []
     for model_id, _seed, aliases in DEMO_MODELS:
         command = llama_server_command(llama_server, directory / f"{model_id}.gguf", model_id, DEMO_CONTEXT)

@@ -215,8 +215,8 @@ def test_bad_model_path_fails_when_engine_exits(start_router, llama_server_bin, 
     assert next(m for m in router.health()["models"] if m["id"] == "broken")["state"] == "failed"
 
 
-def _engine_metrics(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+def _engine_metrics(engine: httpx.Client) -> dict[str, float]:
+    text = engine.get("/metrics", timeout=10).text
     return {k: float(v) for k, v in (line.split() for line in text.splitlines() if line and not line.startswith("#"))}
 
 
@@ -250,13 +250,13 @@ def test_client_disconnect_cancels_streaming_generation(start_router, llama_serv
     openai.OpenAI(base_url=router.url + "/v1", api_key="unused").completions.create(
         model="long", prompt="warm", max_tokens=1
     )
-    port = router.engine_port("long")
-    before = _engine_metrics(port)["llamacpp:tokens_predicted_total"]
+    engine = router.engine("long")
+    before = _engine_metrics(engine)["llamacpp:tokens_predicted_total"]
     with _send_raw(router.port, {"model": "long", "prompt": "Once", "max_tokens": 30000, "stream": True}) as sock:
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-        wait_until(lambda: _engine_metrics(port)["llamacpp:requests_processing"] == 1, "generation to start")
-    wait_until(lambda: _engine_metrics(port)["llamacpp:requests_processing"] == 0, "generation cancelled", 120)
-    predicted = _engine_metrics(port)["llamacpp:tokens_predicted_total"] - before
+        wait_until(lambda: _engine_metrics(engine)["llamacpp:requests_processing"] == 1, "generation to start")
+    wait_until(lambda: _engine_metrics(engine)["llamacpp:requests_processing"] == 0, "generation cancelled", 120)
+    predicted = _engine_metrics(engine)["llamacpp:tokens_predicted_total"] - before
     assert 0 < predicted < 30000
     wait_until(lambda: router.health()["models"][0]["inflight"] == 0, "request released")
 
@@ -267,15 +267,15 @@ def test_client_disconnect_closes_upstream_request(start_router, llama_server_bi
     (llama-server b11312 itself only notices a closed connection while streaming; for a
     non-streaming request it finishes the generation it started, which the router cannot change.)
     """
-    router = start_router(
-        [llama_model(llama_server_bin, models_dir / "tiny-long.gguf", "long", "--metrics", ctx=32768)]
-    )
+    tcp = llama_model(llama_server_bin, models_dir / "tiny-long.gguf", "long", "--metrics", ctx=32768, on_socket=False)
+    router = start_router([tcp])  # on a port: the router's connections to it are counted in /proc/net/tcp
     openai.OpenAI(base_url=router.url + "/v1", api_key="unused").completions.create(
         model="long", prompt="warm", max_tokens=1
     )
     port = router.engine_port("long")
     with _send_raw(router.port, {"model": "long", "prompt": "Once", "max_tokens": 30000}):
-        wait_until(lambda: _engine_metrics(port)["llamacpp:requests_processing"] == 1, "generation to start")
+        engine = router.engine("long")
+        wait_until(lambda: _engine_metrics(engine)["llamacpp:requests_processing"] == 1, "generation to start")
         assert router.health()["models"][0]["inflight"] == 1
     wait_until(lambda: _router_connections_to(port) == 0, "upstream connection closed")
     wait_until(lambda: router.health()["models"][0]["inflight"] == 0, "request released")
@@ -368,7 +368,7 @@ def test_engine_key_file_guards_llama_server_and_the_router_sends_it(
     events, _ = chat_stream(router.url, "tiny-a", max_tokens=4)
     assert any(e.get("choices") for e in events)
 
-    engine = f"http://127.0.0.1:{router.engine_port('tiny-a')}"
+    engine = router.engine("tiny-a")
     invalid = {"error": {"message": "Invalid API Key", "type": "authentication_error", "code": 401}}
     for method, path in [
         ("GET", "/v1/models"),
@@ -377,10 +377,10 @@ def test_engine_key_file_guards_llama_server_and_the_router_sends_it(
         ("POST", "/completion"),
     ]:
         for headers in ({}, {"Authorization": "Bearer sk-client-not-the-engine-key"}):
-            response = httpx.request(method, engine + path, headers=headers, json={}, timeout=10)
+            response = engine.request(method, path, headers=headers, json={}, timeout=10)
             assert (response.status_code, response.json()) == (401, invalid), (method, path, headers)
-    assert httpx.get(engine + "/health", timeout=10).status_code == 200  # public by design
-    authorised = httpx.get(engine + "/v1/models", headers={"Authorization": "Bearer sk-engine-llama"}, timeout=10)
+    assert engine.get("/health", timeout=10).status_code == 200  # public by design
+    authorised = engine.get("/v1/models", headers={"Authorization": "Bearer sk-engine-llama"}, timeout=10)
     assert authorised.status_code == 200
 
 

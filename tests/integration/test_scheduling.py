@@ -71,9 +71,15 @@ def test_no_idle_connection_to_llama_server_after_switches_with_many_clients(
         list(pool.map(one, range(96)))
     assert metric(router.url, "llm_router_switches_total", outcome="ok") >= 2, "the workload must switch"
     resident = router.health()["current"][0]
-    port = router.engine_port(resident)
-    idle = [c for c in psutil.net_connections("tcp") if c.raddr and c.raddr.port == port and c.status == "ESTABLISHED"]
-    assert not idle, f"the router keeps {len(idle)} idle connection(s) to llama-server"
+    idle = connections_to(router.engine_socket(resident))
+    assert not idle, f"the router keeps {idle} idle connection(s) to llama-server"
+
+
+def connections_to(socket_path: str) -> int:
+    """Connected sockets at the engine's end of its Unix socket (/proc/net/unix: state 03 = connected)."""
+    with open("/proc/net/unix") as table:
+        rows = [line.split() for line in list(table)[1:]]
+    return sum(1 for row in rows if len(row) == 8 and row[7] == socket_path and row[5] == "03")
 
 
 def test_two_fit_together_and_the_third_evicts_exactly_one_idle_victim(start_router, three) -> None:

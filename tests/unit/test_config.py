@@ -58,6 +58,16 @@ def test_supervisor_specific_requirements() -> None:
     parse_config({**systemd, "models": [{"id": "Qwen/Qwen2.5-7B", "backend": "sglang", "port": 30000}]})
 
 
+def test_an_engine_listens_on_a_unix_socket_or_a_port_never_both() -> None:
+    on_socket = ["llama-server", "--host", "${SOCKET}"]
+    assert parse_config({"models": [model(command=on_socket)]}).models[0].on_socket
+    both = ["llama-server", "--host", "${SOCKET}", "--port", "${PORT}"]
+    assert "'command' has ${SOCKET}" in problems({"models": [model(command=both)]})
+    assert "drop ${PORT} from 'command'" in problems({"models": [model(command=both)]})
+    assert "drop 'port'" in problems({"models": [model(command=on_socket, port=9000)]})
+    assert "or ${SOCKET} for a Unix socket" in problems({"models": [model(command=["x"])]})
+
+
 def test_backend_rules() -> None:
     assert "needs 'url'" in problems({"models": [{"id": "r", "backend": "openai"}]})
     assert "llama.cpp has no sleep" in problems({"models": [model(evict="sleep")]})

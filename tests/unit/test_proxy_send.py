@@ -68,6 +68,7 @@ class Instance:
 
     def __init__(self, model_id: str) -> None:
         self.model = SimpleNamespace(id=model_id, backend=Backend.VLLM)
+        self.socket = None
 
 
 async def test_the_old_and_new_engine_of_a_reloaded_model_never_share_a_pool() -> None:

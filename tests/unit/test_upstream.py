@@ -18,10 +18,11 @@ def anyio_backend() -> tuple[str, dict[str, bool]]:
 
 
 class Engine:
-    def __init__(self) -> None:
+    def __init__(self, socket: str | None = None) -> None:
         from router_app.config import ModelConfig
 
         self.model = ModelConfig(id="m", backend="llamacpp", port=1, command=["x"])  # no keep-alive, as llama-server
+        self.socket = socket
 
 
 async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -59,3 +60,14 @@ async def test_a_refused_connection_is_a_connect_failure() -> None:
         await upstream.post(Engine(), f"http://127.0.0.1:{port}/v1/chat", b"{}", {})
     assert failed.value.connect_failed, "the proxy marks the engine unreachable only on a connect failure"
     await upstream.close()
+
+
+async def test_an_engine_on_a_unix_socket_is_reached_there(tmp_path) -> None:
+    path = str(tmp_path / "engine.sock")
+    server = await asyncio.start_unix_server(answer, path)
+    upstream, engine = Upstream(), Engine(socket=path)
+    for _ in range(3):  # the URL's host and port are not where it goes
+        response = await upstream.post(engine, "http://localhost/v1/chat", b"{}", {})
+        assert response.status == 200 and await response.read() == b"{}"
+    await upstream.close()
+    server.close()

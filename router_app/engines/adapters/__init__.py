@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from router_app.config import Backend, ModelConfig
-from router_app.engines.adapters.base import EngineAdapter, EngineError, Health
+from router_app.engines.adapters.base import EngineAdapter, EngineError, Health, control_client
 from router_app.engines.adapters.llamacpp import LlamaCppAdapter
 from router_app.engines.adapters.openai_remote import OpenAIRemoteAdapter
 from router_app.engines.adapters.sglang import SGLangAdapter
@@ -25,4 +25,4 @@ def adapter_for(model: ModelConfig, client: httpx.AsyncClient) -> EngineAdapter:
     return ADAPTERS[model.backend](model, client)
 
 
-__all__ = ["EngineAdapter", "EngineError", "Health", "adapter_for"]
+__all__ = ["EngineAdapter", "EngineError", "Health", "adapter_for", "control_client"]

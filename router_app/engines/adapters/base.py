@@ -14,6 +14,21 @@ import httpx
 from router_app.config import ModelConfig, read_secret
 
 
+def control_client(socket: str | None = None) -> httpx.AsyncClient:
+    """The client for control calls to engines (readiness, probes, sleep/wake); over a Unix socket if given.
+
+    No keep-alive: llama-server lingers about 100 ms on exit while an idle connection is open, which every switch
+    would pay.
+    """
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=0)
+    # (A transport given to the client brings its own limits.) Plain HTTP over a Unix socket never uses TLS:
+    # verify=False spares the 40 ms of loading the CA bundle.
+    transport = httpx.AsyncHTTPTransport(uds=socket, verify=False, limits=limits) if socket else None
+    return httpx.AsyncClient(
+        transport=transport, timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None), limits=limits
+    )
+
+
 class EngineError(Exception):
     """The engine answered, but not in a way that lets us serve from it."""
 
@@ -55,9 +70,21 @@ class EngineAdapter:
         self.client = client
         self.api_key = read_secret(model.api_key_file)
         self.base_url = f"http://{model.host}:{model.port}" if model.port else ""
+        self._socket_client: httpx.AsyncClient | None = None
 
     def set_port(self, port: int) -> None:
         self.base_url = f"http://{self.model.host}:{port}"
+
+    def use_socket(self, path: str) -> None:
+        """Reach the engine over the Unix socket at `path` from now on (the instance's, fixed once picked)."""
+        if self._socket_client is None:
+            self.client = self._socket_client = control_client(path)
+        self.base_url = "http://localhost"
+
+    async def aclose(self) -> None:
+        """Close the client this adapter made for itself (the shared one belongs to the app)."""
+        if self._socket_client is not None:
+            await self._socket_client.aclose()
 
     @property
     def openai_base(self) -> str:
