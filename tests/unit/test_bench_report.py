@@ -15,6 +15,7 @@ RESULTS = [
     ("4.3 ms", True),
     ("70 MB", True),
     ("wall 1.11×", False),
+    ("1.04×", False),
     ("0", True),
 ]
 
@@ -25,7 +26,8 @@ def test_the_targets_table_and_the_missed_section_come_from_the_results() -> Non
     assert "| 2 | streaming relay" in table and "| 1.21× | yes |" in table
     missed = run_all.missed_section(RESULTS)
     assert "**Target 1**" in missed and "**Target 5**" in missed and "wall 1.11×" in missed
-    assert "Target 2" not in missed and "Target 6" not in missed
+    assert "**Target 6**" in missed and "1.04×" in missed
+    assert "Target 2" not in missed and "Target 7" not in missed
     assert "None in this run." in run_all.missed_section([(m, True) for m, _ in RESULTS])
 
 
