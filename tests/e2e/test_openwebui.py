@@ -83,8 +83,7 @@ def test_two_turn_chat(stack: Stack, model: str) -> None:
     assert [m["role"] for m in stored.values()].count("assistant") == 2
     # The engine's view of the last request (llama-server GET /slots, tools/server/server.cpp:290; fields in
     # server-context.cpp:670): the built-in tools took context, and the demo's default max_tokens applied.
-    port = stack.router.engine_port(model)
-    (slot,) = httpx.get(f"http://127.0.0.1:{port}/slots", timeout=10).json()
+    (slot,) = stack.router.engine(model).get("/slots", timeout=10).json()
     print(f"{model}: turn 2 prompt {slot['n_prompt_tokens']} tokens of {slot['n_ctx']}")
     assert slot["n_prompt_tokens"] > 5000, slot
     assert slot["params"]["max_tokens"] == DEMO_MAX_TOKENS, slot["params"]

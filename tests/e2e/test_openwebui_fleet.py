@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -99,8 +98,7 @@ def test_chat_with_the_peers_model(fleet: Fleet) -> None:
     assert fleet.stack.router_loaded() == set()
     # llama-server GET /slots (tools/server/server.cpp:290; fields in server-context.cpp:670) on B's engine:
     # Open-WebUI's built-in tools reached it, and B's own default max_tokens applied.
-    port = fleet.peer.engine_port(REMOTE)
-    (slot,) = httpx.get(f"http://127.0.0.1:{port}/slots", timeout=10).json()
+    (slot,) = fleet.peer.engine(REMOTE).get("/slots", timeout=10).json()
     print(f"{REMOTE} on B: prompt {slot['n_prompt_tokens']} tokens of {slot['n_ctx']}")
     assert slot["n_prompt_tokens"] > 5000, slot
     assert slot["params"]["max_tokens"] == DEMO_MAX_TOKENS, slot["params"]
