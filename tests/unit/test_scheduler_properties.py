@@ -53,6 +53,7 @@ class World:
         self.fairness_s = fairness_s
         self.drain_timeout_s = drain_timeout_s
         self.sleep_fails = sleep_fails
+        self.reload_costs = dict(reload_costs or {})
         self.s = Scheduler(dict(devices), specs, fairness_s=fairness_s, drain_timeout_s=drain_timeout_s)
         for model, seconds in (reload_costs or {}).items():  # an idle model others wait for lingers a share of it
             self.s.set_reload_cost(model, seconds)
@@ -64,6 +65,13 @@ class World:
         self.answered: set[int] = set()
         self.loading: list[str] = []
         self.evicting: list[str] = []
+
+    def __repr__(self) -> str:  # what hypothesis prints for a falsifying example
+        return (
+            f"World(specs={list(self.specs.values())!r}, devices={self.devices!r}, fairness_s={self.fairness_s!r}, "
+            f"drain_timeout_s={self.drain_timeout_s!r}, sleep_fails={self.sleep_fails!r}, "
+            f"reload_costs={self.reload_costs!r})"
+        )
 
     # --- the world's books ------------------------------------------------------------------
 
@@ -351,6 +359,26 @@ SLEEPER_IN_THE_WAY = (
     ),
     [("request", 0), ("complete", 0, True), ("end", 0, False), ("request", 1)],
 )
+# A sleeper that holds more asleep than awake (declared so) is being evicted while another model may start: what
+# fits must count it asleep (found by the property: 11 > 10 on g0).
+SLEEPER_GROWS_ASLEEP = (
+    World(
+        [
+            ModelSpec("a", ("g0",), 4),
+            ModelSpec("b", ("g0",), 3),
+            ModelSpec("s", ("g0",), 2, sleep_footprint=4, sleeps=True, ttl_s=5.0),
+        ],
+        {"g0": 10},
+        0.0,
+        None,
+    ),
+    [
+        *[("request", 2), ("complete", 0, True), ("end", 0, False)],  # s serves, then idles
+        *[("request", 0), ("complete", 0, True)],  # a loads beside it
+        ("time", 20),  # 5 s: s's ttl evicts it (to sleep)
+        ("request", 1),  # b: 4 + 2 + 3 fit now, 4 + 4 + 3 not once s sleeps
+    ],
+)
 BUSY_THEN_WAIT = [
     ("request", 0),
     ("complete", 0, True),  # m0 ready, its request keeps running
@@ -363,6 +391,7 @@ BUSY_THEN_WAIT = [
 @settings(max_examples=4 * settings.default.max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds(), events)
 @example(*SLEEPER_IN_THE_WAY)
+@example(*SLEEPER_GROWS_ASLEEP)
 def test_memory_groups_grants_evictions_and_answers_hold_in_any_world(world: World, steps: list) -> None:
     for ev in steps:
         world.step(ev)

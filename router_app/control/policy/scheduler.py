@@ -554,7 +554,10 @@ class Scheduler:
         ):
             return []
         for device in state.spec.devices:
-            others = sum(self._held(o, device) for o in self._models.values() if o is not state)
+            # Now and once the moves under way end: a sleeper being evicted may hold more asleep than awake.
+            others = sum(
+                max(self._held(o, device), self._projected(o, device)) for o in self._models.values() if o is not state
+            )
             if others + self._units(state, device, True) > self._capacity(device):
                 return []
         state.phase, state.victims = Phase.LOADING, ()
