@@ -284,7 +284,10 @@ def run_llm_router(binary: str, models: dict[str, Path], mix: Mix, seed: int, pl
     result = Result("llm-router", mix.name, seed)
     log_path = work / f"llm-router-{mix.name}-{seed}.log"
     reaped = children_cpu()
-    with log_path.open("wb") as log, router(llm_router_config(binary, models, mix), work, stderr=log) as (base, proc):
+    config = llm_router_config(binary, models, mix)
+    if "state_dir" in config["router"]:  # the demo's: a fresh one per run, as a new `make demo` starts
+        config["router"]["state_dir"] = str(work / f"state-{mix.name}-{seed}")
+    with log_path.open("wb") as log, router(config, work, stderr=log) as (base, proc):
         measured(result, proc.pid, lambda: asyncio.run(mix.workload(base, result, plan, clients)))
         result.loads = llm_router_loads(base)
     result.engines_cpu_s += children_cpu() - reaped

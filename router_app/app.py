@@ -19,6 +19,7 @@ from router_app.config import Config, ModelConfig
 from router_app.control.switcher import Switcher
 from router_app.engines.adapters import adapter_for, control_client
 from router_app.engines.instance import EngineInstance
+from router_app.engines.slots import SlotBudget, SlotDir, SlotKeeper
 from router_app.engines.sockets import SocketDir
 from router_app.engines.supervisors import ProcessSupervisor, Supervisor, SystemdSupervisor, default_unit_name
 from router_app.fleet import Fleet
@@ -55,11 +56,15 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
     metrics = RouterMetrics()
     client = control_client()
     sockets = SocketDir()
+    kv_budget = SlotBudget(settings.kv_budget)
 
     def make_runtime(conf: Config, model: ModelConfig) -> EngineInstance:
         supervisor = build_supervisor(conf, model.id)
         adapter = adapter_for(model, client)
-        return EngineInstance(model, adapter, supervisor, conf.router, metrics=metrics, sockets=sockets)
+        kv_budget.limit = conf.router.kv_budget
+        slot_dir = model.slot_directory(conf.router.state_dir) if supervisor is not None else None
+        slots = SlotKeeper(model, SlotDir(slot_dir), kv_budget) if slot_dir is not None else None
+        return EngineInstance(model, adapter, supervisor, conf.router, metrics=metrics, sockets=sockets, slots=slots)
 
     runtimes = {model.id: make_runtime(config, model) for model in config.models}
     upstream = Upstream()

@@ -155,6 +155,12 @@ class RouterSettings(Strict):
     peers: list[PeerConfig] = Field(default_factory=list)
     # A peer's model list is re-read when older than this (listing, and a request for a name not known yet).
     peer_refresh_s: Annotated[float, Field(ge=0)] = 2.0
+    # KV continuity (llama.cpp models with a slot directory, `slot_dir`): disk kept for saved slots over every
+    # model's directory, least recently used files deleted first (0: none kept); how long a save before an eviction
+    # and a restore after a load may take (each gives up after this and the switch goes on without it).
+    kv_budget: ByteSize = 16 * 1024**3
+    kv_save_timeout_s: PositiveSeconds = 30
+    kv_restore_timeout_s: PositiveSeconds = 30
 
     @field_validator("peers")
     @classmethod
@@ -177,6 +183,11 @@ DEFAULT_HEALTH_PATH = {
 
 # Keys that carry the request itself: per-model defaults/overrides/strip may not touch them.
 RESERVED_REQUEST_KEYS = frozenset({"model", "stream", "messages", "prompt", "input", "system"})
+
+
+def slot_slug(model_id: str) -> str:
+    """A model id as one path component (ids may hold '/', e.g. Qwen/Qwen2.5-7B)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model_id).lstrip(".") or "model"
 
 
 class ModelConfig(Strict):
@@ -221,6 +232,10 @@ class ModelConfig(Strict):
     # When every client waiting for a load left: cancel it, or finish it. Default: cancel for
     # engines that stop, finish for engines that sleep.
     on_abandon: Literal["cancel", "finish"] | None = None
+    # llama.cpp: the directory the engine saves slots to (its --slot-save-path). Set, the router saves the engine's
+    # slots there before evicting it and restores them after its next load (KV continuity). Process supervisor:
+    # `${SLOT_DIR}` in the command is this directory, or state_dir/slots/<id> when it is unset.
+    slot_dir: Path | None = None
     # Request parameters for generation routes (chat, completions, responses, messages, infill), by top-level
     # key: `defaults` are set when the client did not send the key, `overrides` always, `strip` keys are removed.
     defaults: dict[str, Any] = Field(default_factory=dict)
@@ -272,6 +287,10 @@ class ModelConfig(Strict):
             raise ValueError("'api_tokens_file' is TabbyAPI's api_tokens.yml; other backends use 'api_key_file'")
         if self.backend is Backend.TABBYAPI and self.evict == "sleep" and not self.api_tokens_file:
             raise ValueError("tabbyapi with evict 'sleep' unloads via its admin API: set 'api_tokens_file'")
+        if self.slot_dir is not None and self.backend is not Backend.LLAMACPP:
+            raise ValueError(
+                "'slot_dir' is llama-server's --slot-save-path (KV continuity); remove it for this backend"
+            )
         return self
 
     @property
@@ -289,6 +308,19 @@ class ModelConfig(Strict):
     def local(self) -> bool:
         """True for engines this router starts and stops."""
         return self.backend is not Backend.OPENAI
+
+    def slot_directory(self, state_dir: Path | None) -> Path | None:
+        """Where the engine saves its slots (KV continuity), or None when it does not: `slot_dir`, the directory
+        `${SLOT_DIR}` stands for, or a literal `--slot-save-path` of the command."""
+        if self.slot_dir is not None:
+            return self.slot_dir
+        command = self.command or []
+        if any("${SLOT_DIR}" in arg for arg in command):
+            return None if state_dir is None else state_dir / "slots" / slot_slug(self.id)
+        if "--slot-save-path" in command[:-1]:
+            path = command[command.index("--slot-save-path") + 1]
+            return None if "${" in path else Path(path)
+        return None
 
     @property
     def on_socket(self) -> bool:
@@ -328,6 +360,14 @@ class Config(Strict):
             if not model.local:
                 continue
             where = f"models[{index}] (id {model.id!r})"
+            uses_slot_dir = any("${SLOT_DIR}" in arg for arg in model.command or [])
+            if uses_slot_dir and model.backend is not Backend.LLAMACPP:
+                raise ValueError(f"{where}: ${{SLOT_DIR}} is for llama-server's --slot-save-path (backend llamacpp)")
+            if uses_slot_dir and model.slot_directory(self.router.state_dir) is None:
+                raise ValueError(
+                    f"{where}: 'command' has ${{SLOT_DIR}}: set 'slot_dir', or router.state_dir (slots go to "
+                    "state_dir/slots/<id>)"
+                )
             if self.router.supervisor == "process":
                 if not model.command:
                     raise ValueError(f"{where}: the process supervisor needs 'command' (argv list)")

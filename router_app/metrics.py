@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -60,6 +62,37 @@ class RouterMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.kv_actions = Counter(
+            "llm_router_kv_slot_actions",
+            "KV continuity: saves before an eviction and restores after a load, by outcome (ok, failed, timeout)",
+            ["model", "action", "outcome"],
+            registry=self.registry,
+        )
+        self.kv_tokens = Counter(
+            "llm_router_kv_slot_tokens",
+            "Tokens saved or restored (KV continuity)",
+            ["model", "action"],
+            registry=self.registry,
+        )
+        self.kv_bytes = Counter(
+            "llm_router_kv_slot_bytes",
+            "Bytes saved or restored (KV continuity)",
+            ["model", "action"],
+            registry=self.registry,
+        )
+        self.kv_seconds = Histogram(
+            "llm_router_kv_slot_seconds",
+            "Duration of a save or restore of an engine's slots (KV continuity)",
+            ["model", "action"],
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
+        )
+        self.kv_reused = Counter(
+            "llm_router_kv_reused_tokens",
+            "Prompt tokens the engine took from its cache in the first answer after a restore",
+            ["model"],
+            registry=self.registry,
+        )
 
         self.peer_requests = Counter(
             "llm_router_peer_requests",
@@ -73,6 +106,14 @@ class RouterMetrics:
         self.switches.labels(model, outcome).inc()
         if outcome == "ok":
             self.switch_seconds.labels(model).observe(seconds)
+
+    def kv_done(self, model: str, action: str, outcome: str, report: Any) -> None:
+        """A save or restore of an engine's slots ended (`report`: an engines.slots.SlotReport when ok)."""
+        self.kv_actions.labels(model, action, outcome).inc()
+        if report is not None:
+            self.kv_tokens.labels(model, action).inc(report.tokens)
+            self.kv_bytes.labels(model, action).inc(report.bytes)
+            self.kv_seconds.labels(model, action).observe(report.seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

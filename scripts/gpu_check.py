@@ -421,7 +421,13 @@ def write_config(setup: Setup, work: Path) -> tuple[Path, str, str, int]:
         if setup.mode != "cpu":
             entry["gpus"] = "0"
         entries.append(entry)
-    paths = {"llama_server": str(setup.llama_server), "config_dir": str(etc), "base_dir": str(work)}
+    # state_dir: the role's KV continuity directories (slots/<slug>) land in the work directory, made by the router.
+    paths = {
+        "llama_server": str(setup.llama_server),
+        "config_dir": str(etc),
+        "base_dir": str(work),
+        "state_dir": str(work),
+    }
     accelerator = "cpu" if setup.mode == "cpu" else "cuda"
     models = models_f.normalize_models(entries, paths=paths, cuda_archs=setup.archs, accelerator=accelerator)
     memory: dict[str, Any] = {"source": "nvml", "reserve": 0, "free_wait_s": 60}

@@ -21,6 +21,7 @@ ROLE = ROOT / "roles/llm_router"
 PATHS = {
     "base_dir": "/opt/llm-router",
     "config_dir": "/etc/llm-router",
+    "state_dir": "/var/lib/llm-router",
     "llama_server": "/opt/llm-router/bin/llama-server",
     "sglang_venv": "/opt/llm-router/engines/sglang/venv",
     "sglang_python": "/opt/llm-router/engines/sglang/venv/bin/python",

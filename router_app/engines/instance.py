@@ -26,6 +26,7 @@ import httpx
 
 from router_app.config import ModelConfig, RouterSettings
 from router_app.engines.adapters import EngineAdapter, EngineError, Health
+from router_app.engines.slots import SlotEngine, SlotKeeper, SlotReport
 from router_app.engines.sockets import SocketDir
 from router_app.engines.supervisors import Supervisor, SupervisorError
 from router_app.memory.history import SleepRecord
@@ -104,6 +105,7 @@ class EngineInstance:
         on_lost: Callable[[str, str], None] | None = None,
         metrics: RouterMetrics | None = None,
         sockets: SocketDir | None = None,
+        slots: SlotKeeper | None = None,
     ) -> None:
         self.model = model
         # The switcher's key for this instance: the model's id, or `<id>#<reload>` for one a config reload made.
@@ -120,6 +122,10 @@ class EngineInstance:
         self.port: int | None = model.port
         self.socket: str | None = None  # `${SOCKET}`: the Unix socket path, picked at the first start
         self._sockets = sockets or SocketDir()
+        # KV continuity (llama.cpp with a slot directory): saves before a stop, restores after a cold load.
+        self.slots = slots
+        self.kv: dict[str, object] = {}  # for /health: saved, restored, reused, last_error
+        self._restored_tokens: int | None = None  # until the first answer after a restore says what it reused
         self.load_seconds: float | None = None
         self._watch: asyncio.Task[None] | None = None
         self._metrics = metrics
@@ -166,6 +172,8 @@ class EngineInstance:
             data["last_eviction"] = self.last_eviction
         if self.last_failure:
             data["last_failure"] = self.last_failure
+        if self.slots is not None:
+            data["kv"] = {"dir": str(self.slots.directory.path), **self.kv}
         if self.integrity_restarts:
             data["wake_integrity_restarts"] = self.integrity_restarts
             data["last_wake_integrity_restart"] = self.last_integrity_restart
@@ -204,6 +212,7 @@ class EngineInstance:
                 await self._launch()
                 await self._wait_ready(deadline, cold=True)
                 await self._record_fingerprint()
+                await self._restore_slots()
         except (SwitchError, SupervisorError, EngineError, OSError) as exc:
             reason = str(exc) if isinstance(exc, SwitchError) else f"{self.model.id}: {exc}"
             if isinstance(exc, SwitchError):
@@ -237,6 +246,9 @@ class EngineInstance:
                     self.port = free_port(self.model.host)
                 self.adapter.set_port(self.port or 0)
                 values["PORT"] = str(self.port)
+            if self.slots is not None:
+                await self.slots.prepare()
+                values["SLOT_DIR"] = str(self.slots.directory.path)
             argv = expand(self.model.command, values)
         await self.supervisor.start(argv, self.model.env)
         self._watch = asyncio.create_task(self._watch_exit(self.supervisor), name=f"exit-{self.model.id}")
@@ -380,6 +392,7 @@ class EngineInstance:
             return
         self._set(ModelState.STOPPING)
         stopping = time.monotonic()
+        await self._save_slots()
         await self._stop_supervisor()
         self._set(ModelState.STOPPED)
         log.info("model %s stopped in %.3f s", self.model.id, time.monotonic() - stopping)
@@ -460,6 +473,77 @@ class EngineInstance:
             with contextlib.suppress(Exception):
                 await self._stop_supervisor()
             self._set(ModelState.STOPPED)
+
+    # --- KV continuity -----------------------------------------------------------------
+
+    async def _save_slots(self) -> None:
+        """Before a stop: save the engine's slots, within kv_save_timeout_s; a failure only costs the next load its
+        restore."""
+        await self._kv_step("saved", self._settings.kv_save_timeout_s, lambda keeper, engine: keeper.save(engine))
+
+    async def _restore_slots(self) -> None:
+        """After a cold load, before anyone is granted the engine: restore its saved slots, within
+        kv_restore_timeout_s; a failure only costs the next request its prefill."""
+        report = await self._kv_step(
+            "restored", self._settings.kv_restore_timeout_s, lambda keeper, engine: keeper.restore(engine)
+        )
+        self._restored_tokens = report.tokens if report is not None and report.tokens else None
+
+    async def _kv_step(
+        self,
+        what: str,
+        timeout_s: float,
+        step: Callable[[SlotKeeper, SlotEngine], Awaitable[SlotReport]],
+    ) -> SlotReport | None:
+        if self.slots is None or not isinstance(self.adapter, SlotEngine):
+            return None
+        action = "save" if what == "saved" else "restore"
+        try:
+            async with asyncio.timeout(timeout_s):
+                report = await step(self.slots, self.adapter)
+        except Exception as exc:  # fail open, whatever went wrong: the switch goes on without its slots
+            reason = f"timed out after {timeout_s:g} s" if isinstance(exc, TimeoutError) else str(exc)
+            if not isinstance(exc, TimeoutError | EngineError | OSError):
+                reason = f"{type(exc).__name__}: {reason}"
+            outcome = "timeout" if isinstance(exc, TimeoutError) else "failed"
+            self.kv["last_error"] = {"action": action, "reason": reason, "at": round(time.time(), 3)}
+            log.warning("model %s: KV slots not %s: %s", self.model.id, what, reason)
+            if self._metrics is not None:
+                self._metrics.kv_done(self.model.id, action, outcome, None)
+            return None
+        self.kv[what] = report.summary()
+        if report.slots:
+            log.info(
+                "model %s: %s %d slot(s), %d tokens, %d bytes in %.0f ms",
+                self.model.id,
+                what,
+                report.slots,
+                report.tokens,
+                report.bytes,
+                report.seconds * 1000,
+            )
+        if self._metrics is not None:
+            self._metrics.kv_done(self.model.id, action, "ok", report)
+        return report
+
+    def observe_prompt_cache(self, prompt_tokens: int, cached_tokens: int) -> None:
+        """An answer's prompt and cached-prompt tokens, as the engine counted them: the first answer after a restore
+        says whether the engine reused what was restored (llama.cpp #26676: a restore the engine then ignores)."""
+        restored, self._restored_tokens = self._restored_tokens, None
+        if restored is None:
+            return
+        self.kv["reused"] = {"restored": restored, "prompt": prompt_tokens, "cached": cached_tokens}
+        if self._metrics is not None:
+            self._metrics.kv_reused.labels(self.model.id).inc(cached_tokens)
+        if cached_tokens < min(restored, prompt_tokens) // 2:
+            log.warning(
+                "model %s: the first answer after restoring %d tokens reused %d of its %d prompt tokens (another "
+                "conversation, or the engine ignored the restore)",
+                self.model.id,
+                restored,
+                cached_tokens,
+                prompt_tokens,
+            )
 
     async def close(self) -> None:
         """Release what the instance holds besides its engine (a Unix-socket client); it is not used again."""

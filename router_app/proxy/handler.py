@@ -124,6 +124,8 @@ class Proxy:
         self.metrics.requests.labels(exchange.model.id, exchange.endpoint.name, outcome).inc()
         if exchange.completion_tokens:
             self.metrics.completion_tokens.labels(exchange.model.id).inc(exchange.completion_tokens)
+        if exchange.prompt_tokens is not None and exchange.cached_tokens is not None and ticket.runtime is not None:
+            ticket.runtime.observe_prompt_cache(exchange.prompt_tokens, exchange.cached_tokens)
 
     def _observe_wait(self, exchange: Exchange, ticket: Ticket) -> None:
         self.metrics.wait_seconds.labels(exchange.model.id).observe(time.monotonic() - ticket.created)

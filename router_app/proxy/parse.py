@@ -43,6 +43,8 @@ class Exchange:
     # showed 0.1 tok/s; real-engines-cpu.md).
     sent: float | None = None
     completion_tokens: int | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None  # of the prompt, taken from the engine's cache (KV continuity's check)
     engine_tokens_per_second: float | None = None
     finished: bool = False
 

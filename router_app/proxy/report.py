@@ -23,6 +23,13 @@ def take_usage(exchange: Exchange, data: dict[str, Any]) -> None:
     for key in ("completion_tokens", "output_tokens"):
         if isinstance(usage.get(key), int):
             exchange.completion_tokens = usage[key]
+    for key in ("prompt_tokens", "input_tokens"):
+        if isinstance(usage.get(key), int):
+            exchange.prompt_tokens = usage[key]
+    for key in ("prompt_tokens_details", "input_tokens_details"):
+        details = usage.get(key)
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+            exchange.cached_tokens = details["cached_tokens"]
     timings = data.get("timings") or {}
     if isinstance(timings.get("predicted_per_second"), int | float):
         exchange.engine_tokens_per_second = float(timings["predicted_per_second"])

@@ -32,10 +32,12 @@ def llama_server_command(binary: Path, gguf: Path, model_id: str, ctx: int, on_s
 
 
 def demo_config(directory: Path, llama_server: Path, port: int = 8002) -> dict:
-    """The demo's config: process supervisor, each model's engine on its own Unix socket."""
+    """The demo's config: process supervisor, each model's engine on its own Unix socket, its slots saved across
+    switches (KV continuity) under the demo directory's state/."""
     models = []
     for model_id, _seed, aliases in DEMO_MODELS:
         command = llama_server_command(llama_server, directory / f"{model_id}.gguf", model_id, DEMO_CONTEXT)
+        command += ["--slot-save-path", "${SLOT_DIR}"]  # KV continuity: a chat keeps its cache across switches
         models.append(
             {
                 "id": model_id,
@@ -48,7 +50,8 @@ def demo_config(directory: Path, llama_server: Path, port: int = 8002) -> dict:
                 "defaults": {"max_tokens": DEMO_MAX_TOKENS},
             }
         )
-    return {"router": {"host": "127.0.0.1", "port": port, "supervisor": "process"}, "models": models}
+    router = {"host": "127.0.0.1", "port": port, "supervisor": "process", "state_dir": str(directory / "state")}
+    return {"router": router, "models": models}
 
 
 def write_demo(directory: Path, llama_server: Path, port: int = 8002) -> Path:

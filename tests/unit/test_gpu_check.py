@@ -132,7 +132,11 @@ def test_dry_run_config_is_accepted_and_two_models_fit_three_do_not(tmp_path: Pa
     for model in config.models:
         # The role's argv (model-start.sh adds the key file) on GPU 0.
         assert model.command[:2] == [str(tmp_path / "llama-server"), "--model"]
-        assert model.command[-4:] == ["--n-gpu-layers", "all", "--api-key-file", str(model.api_key_file)]
+        assert model.command[-6:] == [
+            *("--n-gpu-layers", "all", "--slot-save-path", str(tmp_path / "slots" / model.id)),
+            *("--api-key-file", str(model.api_key_file)),
+        ]
+        assert model.slot_dir == tmp_path / "slots" / model.id  # KV continuity, in the work directory
         assert model.env["CUDA_VISIBLE_DEVICES"] == "0" and model.devices == ["0"]
         # The estimate the router will make before the first load, with the file the generator will write.
         kv = setup.context * gc.kv_bytes_per_token(g)

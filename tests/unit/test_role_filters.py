@@ -191,6 +191,29 @@ def test_rendered_router_config_is_valid_for_the_router() -> None:
     ]
 
 
+def test_llamacpp_models_keep_their_kv_cache_across_switches_unless_told_not_to() -> None:
+    """KV continuity: llama-server b11312 --slot-save-path (common/arg.cpp:3614-3625: an existing directory) and the
+    same directory as the model's slot_dir in the router's config; the unit may write there."""
+    on, off, own, vllm = normalize(
+        [
+            {"id": "a", "backend": "llamacpp", "model": "/m/a.gguf"},
+            {"id": "b", "backend": "llamacpp", "model": "/m/b.gguf", "kv_continuity": False},
+            {"id": "c", "backend": "llamacpp", "model": "/m/c.gguf", "extra_args": ["--slot-save-path", "/srv/kv"]},
+            {"id": "d", "backend": "vllm", "model": "/m/d"},
+        ]
+    )
+    assert " ".join(on["argv"]).endswith("--slot-save-path /var/lib/llm-router/slots/a")
+    assert "--slot-save-path" not in off["argv"] + vllm["argv"]
+    assert own["argv"].count("--slot-save-path") == 1
+    config = parse_config(config_f.router_config([on, off, own, vllm], {"supervisor": "systemd"}, "/etc/llm-router"))
+    assert [m.slot_dir for m in config.models] == [Path("/var/lib/llm-router/slots/a"), None, Path("/srv/kv"), None]
+    unit = (ROLE / "templates" / "llm-model@.service.j2").read_text()
+    assert "ReadWritePaths=-{{ llm_router_state_dir }}/slots\n" in unit
+    assert errors([{"id": "m", "backend": "vllm", "model": "/srv/m", "kv_continuity": True}]) == [
+        "model 'm': 'kv_continuity' has no effect on backend vllm (only llamacpp). Fix: remove it."
+    ]
+
+
 # --- Engine command lines, env and configs against the engines' sources (engine-audit.md) ---------------------
 
 

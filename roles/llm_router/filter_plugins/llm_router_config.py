@@ -97,6 +97,8 @@ def router_config(
             if model.get("gpus") not in (None, ""):
                 # Which GPUs it occupies, for memory-aware placement (NVML indices; CUDA_DEVICE_ORDER=PCI_BUS_ID).
                 entry["devices"] = [g.strip() for g in str(model["gpus"]).split(",") if g.strip()]
+            if model.get("slot_dir"):
+                entry["slot_dir"] = model["slot_dir"]
             if model.get("model") and not str(model["model"]).startswith(("http://", "https://")):
                 entry["weights"] = str(model["model"])  # the estimate before the first load reads it
             if model["backend"] == "tabbyapi":

@@ -52,6 +52,8 @@ def _engine_command(
         else:
             argv += ["--n-gpu-layers", "0"]
         _flag(argv, "--parallel", model.get("parallel"))
+        if model.get("kv_continuity", True) and "--slot-save-path" not in extra:
+            argv += ["--slot-save-path", f"{paths.get('state_dir', '/var/lib/llm-router')}/slots/{model['slug']}"]
     elif backend == "sglang":
         launch = [paths["sglang_python"], "-m", "sglang.launch_server", "--model-path", model["model"]]
         argv = [*launch, "--served-model-name", served, *listen]
@@ -94,6 +96,12 @@ def _engine_command(
     else:
         raise FilterError(f"backend {backend!r} has no engine command")
     return argv + extra, workdir
+
+
+def _slot_dir(argv: list[str]) -> str | None:
+    """KV continuity: the directory llama-server saves slots to (its --slot-save-path), if it has one; the router's
+    config gets it as the model's slot_dir."""
+    return str(argv[argv.index("--slot-save-path") + 1]) if "--slot-save-path" in argv[:-1] else None
 
 
 # Engines the role gives their own API key (`<config_dir>/engine-keys/<slug>.key`, handed to the unit by systemd
@@ -272,6 +280,8 @@ def normalize_models(
             if fraction is not None:
                 model["mem_fraction"] = fraction
         model["argv"], model["workdir"] = _engine_command(model, port, paths, cuda_archs, accelerator)
+        if model["backend"] == "llamacpp" and model.get("kv_continuity", True) and _slot_dir(model["argv"]):
+            model["slot_dir"] = _slot_dir(model["argv"])
         env = {str(k): str(v) for k, v in model["env"].items()}
         if model.get("gpus") is not None and accelerator == "cuda":
             env.setdefault("CUDA_VISIBLE_DEVICES", str(model["gpus"]))

@@ -49,6 +49,7 @@ MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "tensor_parallel": ("sglang", "vllm", "tabbyapi"),
     "gpu_split": ("llamacpp", "tabbyapi"),
     "gpu_layers": ("llamacpp",),
+    "kv_continuity": ("llamacpp",),
     "cache_mode": ("tabbyapi",),
     "cache_size": ("tabbyapi",),
     "tabby_model_name": ("tabbyapi",),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from router_app.engines.adapters.base import EngineAdapter
+import httpx
+
+from router_app.engines.adapters.base import EngineAdapter, EngineError
 
 
 class LlamaCppAdapter(EngineAdapter):
@@ -19,3 +21,35 @@ class LlamaCppAdapter(EngineAdapter):
 
     health_means_loaded: ClassVar[bool] = True
     samples_on_load: ClassVar[bool] = False
+
+    async def props(self) -> dict[str, Any]:
+        """GET /props: build, model file, context per slot (`default_generation_settings.n_ctx`), `total_slots`
+        (tools/server/server-context.cpp get_res_props, b11312)."""
+        return await self._json("GET", "/props")
+
+    async def slot_action(self, slot: int, action: str, filename: str) -> dict[str, Any]:
+        """POST /slots/{slot}?action=save|restore {"filename": name}, a bare name inside --slot-save-path.
+
+        Answers {"id_slot", "filename", "n_saved"|"n_restored" (tokens), "n_written"|"n_read" (bytes),
+        "timings": {"save_ms"|"restore_ms"}}; a busy slot is deferred until idle; an error (no --slot-save-path,
+        "Unable to save slot", "Unable to restore slot: ...") comes as an error object
+        (server-context.cpp:2526-2640, 4751-4785, 5271-5345; server-task.cpp:1622-1644, b11312).
+        """
+        return await self._json("POST", f"/slots/{slot}?action={action}", {"filename": filename})
+
+    async def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            response = await self.client.request(
+                method, self.base_url + path, json=body, headers=self.auth_headers(), timeout=None
+            )
+        except httpx.HTTPError as exc:
+            raise EngineError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code != 200 or not isinstance(data, dict):
+            error = data.get("error") if isinstance(data, dict) else None
+            message = error.get("message") if isinstance(error, dict) else response.text[:300]
+            raise EngineError(f"{method} {path} answered {response.status_code}: {message}")
+        return data
