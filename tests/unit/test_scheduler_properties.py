@@ -66,6 +66,18 @@ class World:
         self.loading: list[str] = []
         self.evicting: list[str] = []
 
+    def fresh(self) -> World:
+        """A new world like this one, before any event: hypothesis hands an explicit example's object to every run of
+        the test (mutmut runs it again in processes forked after the first run), so each run starts from a copy."""
+        return World(
+            list(self.specs.values()),
+            dict(self.devices),
+            self.fairness_s,
+            self.drain_timeout_s,
+            self.sleep_fails,
+            self.reload_costs,
+        )
+
     def __repr__(self) -> str:  # what hypothesis prints for a falsifying example
         return (
             f"World(specs={list(self.specs.values())!r}, devices={self.devices!r}, fairness_s={self.fairness_s!r}, "
@@ -393,6 +405,7 @@ BUSY_THEN_WAIT = [
 @example(*SLEEPER_IN_THE_WAY)
 @example(*SLEEPER_GROWS_ASLEEP)
 def test_memory_groups_grants_evictions_and_answers_hold_in_any_world(world: World, steps: list) -> None:
+    world = world.fresh()
     for ev in steps:
         world.step(ev)
     world.settle()
@@ -403,6 +416,7 @@ def test_memory_groups_grants_evictions_and_answers_hold_in_any_world(world: Wor
 @given(exclusive_worlds(), events)
 @example(World([ModelSpec("m0", ("cpu",)), ModelSpec("m1", ("cpu",))], {"cpu": None}, 10.0, None), BUSY_THEN_WAIT)
 def test_after_the_fairness_bound_the_resident_model_gets_no_new_request(world: World, steps: list) -> None:
+    world = world.fresh()
     for ev in steps:
         world.step(ev)
     world.settle()
