@@ -16,6 +16,7 @@ import fleet
 import footprint
 import latency
 import stream_relay
+import swapback
 import switch
 import thrash
 from common import ROOT, llama_server, machine
@@ -30,6 +31,7 @@ TARGETS = [
     "thrash, 16 clients, 2 models: wall, p95 ≤ 1.0× llama.cpp router mode on every mix (worst mix), none failed",
     "thrash: engine loads ≤ llama.cpp router mode's on every mix (worst mix)",
     "co-residency: two of three fit, alternating reloads nothing, the third evicts exactly one",
+    "swap-back (KV continuity), 8k+ tokens: TTFT ≤ 1.5× resident, ≤ 0.2× llama.cpp router mode",
 ]
 
 
@@ -71,26 +73,32 @@ def main() -> None:
     commit = subprocess.run(  # at the start: the commit measured (a file edited meanwhile changes nothing run)
         ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
-    print("1/6 latency …", flush=True)
+    print("1/7 latency …", flush=True)
     lat = latency.run(100 if quick else 500)
     print(latency.report(lat), flush=True)
-    print("2/6 streaming relay …", flush=True)
+    print("2/7 streaming relay …", flush=True)
     relay = stream_relay.run(64, 500 if quick else 2000)
     print(stream_relay.report(relay), flush=True)
-    print("3/6 switch overhead …", flush=True)
+    print("3/7 switch overhead …", flush=True)
     sw = switch.run(4 if quick else 12)
     print(switch.report(sw), flush=True)
-    print("4/6 footprint …", flush=True)
+    print("4/7 footprint …", flush=True)
     fp = footprint.run(3 if quick else 5)
     print(footprint.report(fp), flush=True)
-    print("5/6 thrash beside llama.cpp router mode, co-residency …", flush=True)
+    print("5/7 thrash beside llama.cpp router mode, co-residency …", flush=True)
     th = thrash.run([1] if quick else [1, 2, 3], 16, 100 if quick else 200)
     print(thrash.report(th), flush=True)
     worst = thrash.ratios(th)
     co = th["co_residency"]
-    print("6/6 fleet: one endpoint beside one connection per host …", flush=True)
+    print("6/7 fleet: one endpoint beside one connection per host …", flush=True)
     fl = fleet.run([1] if quick else [1, 2, 3], 16, 100 if quick else 400, 50 if quick else 200)
     print(fleet.report(fl), flush=True)
+    print("7/7 swap-back: a long conversation after its model was swapped out …", flush=True)
+    sb = swapback.run(1 if quick else 3, 2048 if quick else 8192)
+    print(swapback.report(sb), flush=True)
+    ttft = sb["ttft_s"]
+    resident_x = ttft["llm-router, KV continuity"] / ttft["resident"]
+    peer_x = ttft["llm-router, KV continuity"] / ttft["llama.cpp router"]
 
     router_lat = lat["llm-router"]
     litellm_ratio = lat.get("litellm_vs_router_added_p50")
@@ -118,6 +126,10 @@ def main() -> None:
             f"{co['reloads_after_warmup']} reloads, {co['evictions_for_third']} eviction(s)",
             co["reloads_after_warmup"] == 0 and co["evictions_for_third"] == 1,
         ),
+        (
+            f"{ttft['llm-router, KV continuity']:.2f} s: {resident_x:.2f}× resident, {peer_x:.2f}× llama.cpp router",
+            resident_x <= 1.5 and peer_x <= 0.2,
+        ),
     ]
     targets = targets_table(results)
     print(targets)
@@ -138,6 +150,7 @@ def main() -> None:
             footprint=footprint.report(fp),
             thrash=thrash.report(th),
             fleet=fleet.report(fl),
+            swapback=swapback.report(sb),
         )
     )
     print(f"wrote {args.output}")

@@ -63,8 +63,8 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         adapter = adapter_for(model, client)
         kv_budget.limit = conf.router.kv_budget
         slot_dir = model.slot_directory(conf.router.state_dir) if supervisor is not None else None
-        slots = SlotKeeper(model, SlotDir(slot_dir), kv_budget) if slot_dir is not None else None
-        return EngineInstance(model, adapter, supervisor, conf.router, metrics=metrics, sockets=sockets, slots=slots)
+        keeper = SlotKeeper(model, SlotDir(slot_dir), kv_budget, conf.router.kv_min_tokens) if slot_dir else None
+        return EngineInstance(model, adapter, supervisor, conf.router, metrics=metrics, sockets=sockets, slots=keeper)
 
     runtimes = {model.id: make_runtime(config, model) for model in config.models}
     upstream = Upstream()

@@ -159,6 +159,8 @@ class RouterSettings(Strict):
     # model's directory, least recently used files deleted first (0: none kept); how long a save before an eviction
     # and a restore after a load may take (each gives up after this and the switch goes on without it).
     kv_budget: ByteSize = 16 * 1024**3
+    # Slots holding fewer tokens are not saved: prefilling them again costs less than a save and a restore.
+    kv_min_tokens: Annotated[int, Field(ge=1)] = 256
     kv_save_timeout_s: PositiveSeconds = 30
     kv_restore_timeout_s: PositiveSeconds = 30
 

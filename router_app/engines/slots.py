@@ -41,6 +41,8 @@ class SlotEngine(Protocol):
 
     async def props(self) -> dict[str, Any]: ...
 
+    async def slots(self) -> list[dict[str, Any]]: ...
+
     async def slot_action(self, slot: int, action: str, filename: str) -> dict[str, Any]: ...
 
 
@@ -195,10 +197,11 @@ class SlotBudget:
 class SlotKeeper:
     """Saves an engine's slots before it stops and restores them after its next load (llama.cpp)."""
 
-    def __init__(self, model: ModelConfig, directory: SlotDir, budget: SlotBudget) -> None:
+    def __init__(self, model: ModelConfig, directory: SlotDir, budget: SlotBudget, min_tokens: int = 1) -> None:
         self.model = model
         self.directory = budget.register(directory)
         self.budget = budget
+        self.min_tokens = min_tokens
 
     async def prepare(self) -> None:
         await asyncio.to_thread(self.directory.prepare)
@@ -210,7 +213,7 @@ class SlotKeeper:
         key = identity_key(identity(self.model, props))
         slots = tokens = written = 0
         if self.budget.limit > 0:
-            for slot in range(int(props.get("total_slots") or 1)):
+            for slot in await self._worth_saving(engine, int(props.get("total_slots") or 1)):
                 name = self.directory.new_name(key, slot)
                 try:
                     answer = await engine.slot_action(slot, "save", f"{name}.bin")
@@ -218,7 +221,7 @@ class SlotKeeper:
                     await asyncio.to_thread(self.directory.remove, name)
                     raise
                 count, size = int(answer.get("n_saved") or 0), int(answer.get("n_written") or 0)
-                if count == 0:  # an empty slot
+                if count < self.min_tokens:
                     await asyncio.to_thread(self.directory.remove, name)
                     continue
                 now = time.time()
@@ -227,6 +230,18 @@ class SlotKeeper:
             for deleted in await asyncio.to_thread(self.budget.trim):
                 log.info("KV budget: deleted a saved slot of %s tokens (%s)", deleted.tokens, deleted.name)
         return SlotReport("save", slots, tokens, written, time.monotonic() - started, time.time())
+
+    async def _worth_saving(self, engine: SlotEngine, total: int) -> list[int]:
+        """The slots holding at least min_tokens (GET /slots); every slot where the engine does not say."""
+        try:
+            slots = await engine.slots()
+        except Exception:  # --no-slots: save them all, and drop the small ones afterwards
+            return list(range(total))
+        return [
+            int(slot["id"])
+            for slot in slots
+            if isinstance(slot.get("id"), int) and int(slot.get("n_prompt_tokens") or 0) >= self.min_tokens
+        ]
 
     async def restore(self, engine: SlotEngine) -> SlotReport:
         """Restore the newest save of each slot made by an engine of this identity; delete every other save."""

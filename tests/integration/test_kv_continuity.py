@@ -118,7 +118,7 @@ def test_a_save_that_fails_or_times_out_leaves_the_switch_working(
     assert slow.health()["current"] == ["tiny-b"]
 
 
-def test_no_save_is_kept_with_a_budget_of_zero(
+def test_nothing_is_saved_with_a_budget_of_zero_nor_for_a_short_chat(
     start_router, llama_server_bin, models_dir: Path, tmp_path: Path
 ) -> None:
     b = llama_model(llama_server_bin, models_dir / "tiny-b.gguf", "tiny-b")
@@ -127,3 +127,8 @@ def test_no_save_is_kept_with_a_budget_of_zero(
     ask(router.url, "tiny-b", [{"role": "user", "content": "hi"}])
     assert kv(router)["saved"]["slots"] == 0
     assert not list(Path(kv(router)["dir"]).iterdir())
+
+    short = start_router([kv_model(llama_server_bin, models_dir, "tiny-a"), b], state_dir=str(tmp_path / "short"))
+    ask(short.url, "tiny-a", [{"role": "user", "content": "hi"}])  # some 20 tokens, under kv_min_tokens (256)
+    ask(short.url, "tiny-b", [{"role": "user", "content": "hi"}])
+    assert kv(short)["saved"]["slots"] == 0 and "last_error" not in kv(short)

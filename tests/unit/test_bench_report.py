@@ -17,6 +17,7 @@ RESULTS = [
     ("wall 1.11×", False),
     ("1.04×", False),
     ("0", True),
+    ("1.16 s: 1.20× resident, 0.21× llama.cpp router", False),
 ]
 
 
@@ -27,6 +28,7 @@ def test_the_targets_table_and_the_missed_section_come_from_the_results() -> Non
     missed = run_all.missed_section(RESULTS)
     assert "**Target 1**" in missed and "**Target 5**" in missed and "wall 1.11×" in missed
     assert "**Target 6**" in missed and "1.04×" in missed
+    assert "**Target 8**" in missed and "0.21× llama.cpp router" in missed
     assert "Target 2" not in missed and "Target 7" not in missed
     assert "None in this run." in run_all.missed_section([(m, True) for m, _ in RESULTS])
 

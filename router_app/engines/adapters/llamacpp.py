@@ -27,6 +27,12 @@ class LlamaCppAdapter(EngineAdapter):
         (tools/server/server-context.cpp get_res_props, b11312)."""
         return await self._json("GET", "/props")
 
+    async def slots(self) -> list[dict[str, Any]]:
+        """GET /slots: per slot `id` and, once it served a request, `n_prompt_tokens` (the tokens it holds)
+        (server-context.cpp:656-690; on unless --no-slots, b11312)."""
+        data = await self._json("GET", "/slots")
+        return list(data) if isinstance(data, list) else []
+
     async def slot_action(self, slot: int, action: str, filename: str) -> dict[str, Any]:
         """POST /slots/{slot}?action=save|restore {"filename": name}, a bare name inside --slot-save-path.
 
@@ -37,7 +43,7 @@ class LlamaCppAdapter(EngineAdapter):
         """
         return await self._json("POST", f"/slots/{slot}?action={action}", {"filename": filename})
 
-    async def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
             response = await self.client.request(
                 method, self.base_url + path, json=body, headers=self.auth_headers(), timeout=None
@@ -48,7 +54,7 @@ class LlamaCppAdapter(EngineAdapter):
             data = response.json()
         except ValueError:
             data = None
-        if response.status_code != 200 or not isinstance(data, dict):
+        if response.status_code != 200 or not isinstance(data, dict | list):
             error = data.get("error") if isinstance(data, dict) else None
             message = error.get("message") if isinstance(error, dict) else response.text[:300]
             raise EngineError(f"{method} {path} answered {response.status_code}: {message}")
