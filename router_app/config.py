@@ -317,17 +317,21 @@ class ModelConfig(Strict):
         if self.slot_dir is not None:
             return self.slot_dir
         command = self.command or []
-        if any("${SLOT_DIR}" in arg for arg in command):
+        if self.uses("SLOT_DIR"):
             return None if state_dir is None else state_dir / "slots" / slot_slug(self.id)
         if "--slot-save-path" in command[:-1]:
             path = command[command.index("--slot-save-path") + 1]
             return None if "${" in path else Path(path)
         return None
 
+    def uses(self, macro: str) -> bool:
+        """Whether the command holds the macro `${<macro>}` (PORT, SOCKET, SLOT_DIR…)."""
+        return any("${" + macro + "}" in arg for arg in self.command or [])
+
     @property
     def on_socket(self) -> bool:
         """The engine listens on a Unix socket the router picks (`${SOCKET}` in its command), not on a port."""
-        return any("${SOCKET}" in arg for arg in self.command)
+        return self.uses("SOCKET")
 
     @property
     def effective_health_path(self) -> str:
@@ -362,7 +366,7 @@ class Config(Strict):
             if not model.local:
                 continue
             where = f"models[{index}] (id {model.id!r})"
-            uses_slot_dir = any("${SLOT_DIR}" in arg for arg in model.command or [])
+            uses_slot_dir = model.uses("SLOT_DIR")
             if uses_slot_dir and model.backend is not Backend.LLAMACPP:
                 raise ValueError(f"{where}: ${{SLOT_DIR}} is for llama-server's --slot-save-path (backend llamacpp)")
             if uses_slot_dir and model.slot_directory(self.router.state_dir) is None:
@@ -373,7 +377,7 @@ class Config(Strict):
             if self.router.supervisor == "process":
                 if not model.command:
                     raise ValueError(f"{where}: the process supervisor needs 'command' (argv list)")
-                on_port = any("${PORT}" in arg for arg in model.command)
+                on_port = model.uses("PORT")
                 if model.on_socket and (on_port or model.port is not None):
                     extra = "${PORT} from 'command'" if on_port else "'port'"
                     raise ValueError(
