@@ -478,3 +478,29 @@ def test_a_waiter_still_has_its_wait_described_after_a_retired_victim_is_forgott
     s.evict_done("y", False, 2.2)
     s.remove("y")  # a reload forgot y; p still waits for x
     assert s.waiting(2).draining == (("x", 1),)
+
+
+def waking_sleeper() -> Scheduler:
+    """s asleep (3 of 10), r ready and idle (5); a request for s (6 awake) makes r leave while s waits, asleep."""
+    s = Scheduler({"g": 10}, [ModelSpec("r", ("g",), 5), ModelSpec("s", ("g",), 6, sleep_footprint=3, sleeps=True)])
+    s.fairness_s = 0
+    s.adopt("s", 0, asleep=True)
+    s.adopt("r", 0)
+    assert s.request(1, "s", 1) == [Evict("r", "making room for s")]
+    return s
+
+
+def test_a_sleeper_whose_wake_is_abandoned_or_retired_is_still_asleep() -> None:
+    s = waking_sleeper()
+    assert s.used("g") == 8  # r until it is gone, and s asleep
+    s.cancel(1, 2)
+    assert s.waiting(1) is None and s.used("g") == 8
+    retired = waking_sleeper()
+    effects = retired.retire("s", 2, None)
+    assert Evict("s", "configuration changed", cause=EvictCause.RECONFIGURED) in effects
+
+
+def test_a_sleeper_that_dies_while_waiting_to_wake_holds_nothing() -> None:
+    s = waking_sleeper()
+    s.engine_lost("s", 2)
+    assert s.used("g") == 5  # r only

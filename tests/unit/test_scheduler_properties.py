@@ -391,6 +391,27 @@ SLEEPER_GROWS_ASLEEP = (
         ("request", 1),  # b: 4 + 2 + 3 fit now, 4 + 4 + 3 not once s sleeps
     ],
 )
+# A sleeper asked to wake waits for another model to leave, and its client leaves: it is still asleep, and what
+# loads next must count its sleep footprint (found by the property: a cancelled wake marked it stopped, 11 > 10).
+ABANDONED_WAKE = (
+    World(
+        [
+            ModelSpec("b", ("g0",), 8),
+            ModelSpec("r", ("g0",), 5),
+            ModelSpec("s", ("g0",), 6, sleep_footprint=3, sleeps=True),
+        ],
+        {"g0": 10},
+        0.0,
+        None,
+    ),
+    [
+        *[("request", 2), ("complete", 0, True), ("end", 0, False)],  # s serves, then idles
+        *[("request", 1), ("complete", 0, True), ("complete", 0, True), ("end", 0, False)],  # s sleeps (3), r serves
+        ("request", 2),  # s must wake (6): r is evicted for it, s waits
+        ("end", 0, True),  # s's client leaves: s stays asleep
+        ("request", 0),  # b (8) needs s's 3 too
+    ],
+)
 BUSY_THEN_WAIT = [
     ("request", 0),
     ("complete", 0, True),  # m0 ready, its request keeps running
@@ -404,6 +425,7 @@ BUSY_THEN_WAIT = [
 @given(worlds(), events)
 @example(*SLEEPER_IN_THE_WAY)
 @example(*SLEEPER_GROWS_ASLEEP)
+@example(*ABANDONED_WAKE)
 def test_memory_groups_grants_evictions_and_answers_hold_in_any_world(world: World, steps: list) -> None:
     world = world.fresh()
     for ev in steps:

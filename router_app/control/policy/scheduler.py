@@ -63,6 +63,7 @@ class _Model:
     draining_since: float = 0.0
     reload_cost_s: float = 0.0
     victims: tuple[str, ...] = ()  # while PENDING
+    waking: bool = False  # PENDING from SLEEPING: its engine holds its sleep footprint until the load starts
     blocked_by: tuple[str, ...] = ()
     cancelling: bool = False  # its load was cancelled; requests that came since wait for a fresh one
     retiring: bool = False  # removed or replaced by a config reload: evicted as soon as it can be
@@ -196,8 +197,9 @@ class Scheduler:
             if state.phase is Phase.LOADING and state.spec.cancel_abandoned and not state.cancelling:
                 state.cancelling = True
                 return [CancelLoad(state.spec.id)]
-            if state.phase is Phase.PENDING:
-                state.phase, state.victims = Phase.STOPPED, ()
+            if state.phase is Phase.PENDING:  # back to what it was: stopped, or asleep
+                state.phase, state.victims = (Phase.SLEEPING if state.waking else Phase.STOPPED), ()
+                state.waking = False
                 return self._plan(now)
             state.blocked_by = ()
             return []
@@ -235,6 +237,9 @@ class Scheduler:
     def engine_lost(self, model: str, now: float) -> list[Effect]:
         """The engine died on its own: its memory is free; the next request loads it again."""
         state = self._models.get(model)
+        if state is not None and state.phase is Phase.PENDING and state.waking:  # a sleeper waiting to wake
+            state.waking = False
+            return self._plan(now)
         if state is None or state.phase not in (Phase.READY, Phase.DRAINING, Phase.SLEEPING):
             return []
         state.phase = Phase.STOPPED
@@ -324,9 +329,10 @@ class Scheduler:
             effects += [
                 Fail(rid, model, "the model was removed from the configuration", FailCause.REMOVED) for rid in waiters
             ]
-        if state.phase is Phase.PENDING:
-            state.phase, state.victims = Phase.STOPPED, ()
-        elif state.phase is Phase.LOADING:
+        if state.phase is Phase.PENDING:  # back to what it was; asleep, it is evicted below
+            state.phase, state.victims = (Phase.SLEEPING if state.waking else Phase.STOPPED), ()
+            state.waking = False
+        if state.phase is Phase.LOADING:
             effects.append(CancelLoad(model))
         elif state.phase in (Phase.READY, Phase.SLEEPING):
             effects += self.unload(model, now, "configuration changed", EvictCause.RECONFIGURED)
@@ -404,7 +410,7 @@ class Scheduler:
             return 0
         if state.phase in (Phase.LOADING, Phase.READY, Phase.DRAINING, Phase.EVICTING):
             return self._units(state, device, True)
-        if state.phase is Phase.SLEEPING:
+        if state.phase is Phase.SLEEPING or (state.phase is Phase.PENDING and state.waking):
             return self._units(state, device, False)
         return 0
 
@@ -516,6 +522,7 @@ class Scheduler:
                 self._drain(victim, now, reason, EvictCause.MEMORY, stop)
             else:
                 effects += self._evict(victim, reason, EvictCause.MEMORY, stop and victim.phase is Phase.READY)
+        state.waking = state.phase is Phase.SLEEPING
         state.phase, state.victims = Phase.PENDING, tuple(v.spec.id for v in victims)
         return effects + self._start_if_free(state)
 
@@ -560,5 +567,5 @@ class Scheduler:
             )
             if others + self._units(state, device, True) > self._capacity(device):
                 return []
-        state.phase, state.victims = Phase.LOADING, ()
+        state.phase, state.victims, state.waking = Phase.LOADING, (), False
         return [Load(state.spec.id)]
