@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import coldload
 import fleet
 import footprint
 import latency
@@ -32,6 +33,8 @@ TARGETS = [
     "thrash: engine loads ≤ llama.cpp router mode's on every mix (worst mix)",
     "co-residency: two of three fit, alternating reloads nothing, the third evicts exactly one",
     "swap-back (KV continuity), 8k+ tokens: TTFT ≤ 1.5× resident, ≤ 0.2× llama.cpp router mode",
+    "cold load of a 3.8 GB model: load-to-first-token ≤ 1.3× the read floor (best load mode)",
+    "switch while the victim drains, page-cache warming on: newcomer ≤ 1.1× its page-cached load-to-first-token",
 ]
 
 
@@ -73,29 +76,33 @@ def main() -> None:
     commit = subprocess.run(  # at the start: the commit measured (a file edited meanwhile changes nothing run)
         ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
-    print("1/7 latency …", flush=True)
+    print("1/8 latency …", flush=True)
     lat = latency.run(100 if quick else 500)
     print(latency.report(lat), flush=True)
-    print("2/7 streaming relay …", flush=True)
+    print("2/8 streaming relay …", flush=True)
     relay = stream_relay.run(64, 500 if quick else 2000)
     print(stream_relay.report(relay), flush=True)
-    print("3/7 switch overhead …", flush=True)
+    print("3/8 switch overhead …", flush=True)
     sw = switch.run(4 if quick else 12)
     print(switch.report(sw), flush=True)
-    print("4/7 footprint …", flush=True)
+    print("4/8 footprint …", flush=True)
     fp = footprint.run(3 if quick else 5)
     print(footprint.report(fp), flush=True)
-    print("5/7 thrash beside llama.cpp router mode, co-residency …", flush=True)
+    print("5/8 thrash beside llama.cpp router mode, co-residency …", flush=True)
     th = thrash.run([1] if quick else [1, 2, 3], 16, 100 if quick else 200)
     print(thrash.report(th), flush=True)
     worst = thrash.ratios(th)
     co = th["co_residency"]
-    print("6/7 fleet: one endpoint beside one connection per host …", flush=True)
+    print("6/8 fleet: one endpoint beside one connection per host …", flush=True)
     fl = fleet.run([1] if quick else [1, 2, 3], 16, 100 if quick else 400, 50 if quick else 200)
     print(fleet.report(fl), flush=True)
-    print("7/7 swap-back: a long conversation after its model was swapped out …", flush=True)
+    print("7/8 swap-back: a long conversation after its model was swapped out …", flush=True)
     sb = swapback.run(1 if quick else 3, 2048 if quick else 8192)
     print(swapback.report(sb), flush=True)
+    print("8/8 cold loads: load modes against the read floor, page-cache warming …", flush=True)
+    cl = coldload.run(1 if quick else 3)
+    print(coldload.report(cl), flush=True)
+    cold = coldload.summary(cl)
     ttft = sb["ttft_s"]
     resident_x = ttft["llm-router, KV continuity"] / ttft["resident"]
     peer_x = ttft["llm-router, KV continuity"] / ttft["llama.cpp router"]
@@ -130,6 +137,15 @@ def main() -> None:
             f"{ttft['llm-router, KV continuity']:.2f} s: {resident_x:.2f}× resident, {peer_x:.2f}× llama.cpp router",
             resident_x <= 1.5 and peer_x <= 0.2,
         ),
+        (
+            f"{cold['best_cold_s']:.2f} s with {cold['best_mode']}: {cold['best_x_floor']:.2f}× floor",
+            cold["best_x_floor"] <= 1.3,  # type: ignore[operator]
+        ),
+        (
+            f"{cold['warming_s']:.2f} s: {cold['warming_x_warm']:.2f}× page-cached ({cold['warm_s']:.2f} s; "
+            f"warming off {cold['cold_s']:.2f} s)",
+            cold["warming_x_warm"] <= 1.1,  # type: ignore[operator]
+        ),
     ]
     targets = targets_table(results)
     print(targets)
@@ -151,6 +167,7 @@ def main() -> None:
             thrash=thrash.report(th),
             fleet=fleet.report(fl),
             swapback=swapback.report(sb),
+            coldload=coldload.report(cl),
         )
     )
     print(f"wrote {args.output}")

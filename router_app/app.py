@@ -26,6 +26,7 @@ from router_app.fleet import Fleet
 from router_app.live import Keys, Live, LiveConfig
 from router_app.memory.devices import MemoryModel, Nvml
 from router_app.memory.history import History
+from router_app.memory.warming import PageCacheWarmer, auto_budget, read_meminfo, warm_files
 from router_app.metrics import RouterMetrics
 from router_app.proxy import Proxy
 from router_app.proxy.upstream import Upstream
@@ -67,6 +68,9 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         return EngineInstance(model, adapter, supervisor, conf.router, metrics=metrics, sockets=sockets, slots=keeper)
 
     runtimes = {model.id: make_runtime(config, model) for model in config.models}
+    budget = settings.page_cache_budget
+    warmer = PageCacheWarmer(auto_budget(read_meminfo()) if budget == "auto" else budget, metrics=metrics)
+    warmer.set_models({model.id: warm_files(model) for model in config.models})
     upstream = Upstream()
     switcher = Switcher(
         runtimes,
@@ -75,6 +79,7 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         before_evict=upstream.disconnect,
         memory=MemoryModel(config, Nvml.open() if settings.memory.source in ("auto", "nvml") else None),
         history=History(settings.state_dir),
+        warmer=warmer,
     )
     fleet = Fleet(settings.peers, settings.peer_refresh_s)
     proxy = Proxy(live, switcher, upstream, metrics, fleet)
@@ -85,6 +90,7 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await switcher.start()
+        warmer.start()
         log.info(
             "llm-router %s serving %d model(s): %s%s",
             __version__,
@@ -106,6 +112,7 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         finally:
             if reloadable:
                 loop.remove_signal_handler(signal.SIGHUP)
+            await warmer.stop()
             await switcher.shutdown(stop_engines=settings.supervisor == "process")
             await upstream.close()
             await fleet.close()

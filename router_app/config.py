@@ -163,6 +163,9 @@ class RouterSettings(Strict):
     kv_min_tokens: Annotated[int, Field(ge=1)] = 256
     kv_save_timeout_s: PositiveSeconds = 30
     kv_restore_timeout_s: PositiveSeconds = 30
+    # Page-cache warming: RAM within which the weight files of recently used models are kept in the page cache, and
+    # a newcomer's files are read while its victims drain. `auto`: half of the memory available at start; 0: off.
+    page_cache_budget: Literal["auto"] | ByteSize = "auto"
 
     @field_validator("peers")
     @classmethod
@@ -238,6 +241,9 @@ class ModelConfig(Strict):
     # slots there before evicting it and restores them after its next load (KV continuity). Process supervisor:
     # `${SLOT_DIR}` in the command is this directory, or state_dir/slots/<id> when it is unset.
     slot_dir: Path | None = None
+    # Page-cache warming of this model's weight files (`weights`, else the command's model path); off by itself for
+    # llama.cpp's `--load-mode dio`, which reads past the page cache.
+    page_cache: bool = True
     # Request parameters for generation routes (chat, completions, responses, messages, infill), by top-level
     # key: `defaults` are set when the client did not send the key, `overrides` always, `strip` keys are removed.
     defaults: dict[str, Any] = Field(default_factory=dict)

@@ -93,6 +93,17 @@ class RouterMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.page_cache_read = Counter(
+            "llm_router_page_cache_read_bytes",
+            "Bytes of weight files the page-cache warmer read (models kept warm, newcomers read while victims drain)",
+            ["model"],
+            registry=self.registry,
+        )
+        self.page_cache_backoffs = Counter(
+            "llm_router_page_cache_backoffs",
+            "Times the page-cache warmer waited because memory was under pressure",
+            registry=self.registry,
+        )
 
         self.peer_requests = Counter(
             "llm_router_peer_requests",

@@ -20,6 +20,7 @@ from router_app.control.switcher import Switcher
 from router_app.engines.instance import EngineInstance
 from router_app.fleet import Fleet
 from router_app.live import Keys, Live, LiveConfig
+from router_app.memory.warming import warm_files
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +95,11 @@ class Reloader:
         parts.live.swap(Live(new, keys))
         parts.switcher.update_settings(new.router)
         await parts.switcher.reconfigure(runtimes, changed, removed)
+        warmer = parts.switcher.warmer
+        if warmer is not None:
+            budget = new.router.page_cache_budget
+            if budget != "auto" and budget != warmer.budget:
+                log.info("page-cache warming budget: %d bytes (was %d)", budget, warmer.budget)
+                warmer.budget = budget
+            warmer.set_models({model.id: warm_files(model) for model in new.models})
+            warmer.start()

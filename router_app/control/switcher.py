@@ -36,6 +36,7 @@ from router_app.engines.instance import EngineInstance, LoadFailure, ModelState,
 from router_app.memory.devices import MemoryModel
 from router_app.memory.estimate import estimate_footprint, footprint_key
 from router_app.memory.history import History
+from router_app.memory.warming import PageCacheWarmer
 from router_app.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class Switcher:
         memory: MemoryModel | None = None,
         history: History | None = None,
         clock: Callable[[], float] = time.monotonic,
+        warmer: PageCacheWarmer | None = None,
     ) -> None:
         self.instances: dict[str, EngineInstance] = {rt.key: rt for rt in runtimes.values()}
         self.current: dict[str, str] = {model: rt.key for model, rt in runtimes.items()}
@@ -116,6 +118,7 @@ class Switcher:
         self.clock = clock
         self._metrics = metrics
         self._before_evict = before_evict
+        self.warmer = warmer
         self.scheduler = Scheduler(
             memory.capacities() if memory else {},
             [self._spec(rt) for rt in runtimes.values() if rt.supervisor is not None],
@@ -190,6 +193,8 @@ class Switcher:
         """Claim `model` for one request; granted at once if it is resident and not draining."""
         ticket = Ticket(self, next(self._ids), model)
         self._tickets[ticket.request_id] = ticket
+        if self.warmer is not None:
+            self.warmer.touch(model)
         self.apply(self.scheduler.request(ticket.request_id, self.current[model], self.clock()))
         ticket.waited = not ticket.granted.done()
         return ticket
@@ -224,12 +229,25 @@ class Switcher:
                     task.cancel()
         self._arm_timer()
         self._notify()
+        self._warm_newcomers()
         for model, event in self._stopped.items():
             if self.scheduler.manages(model) and self.scheduler.phase(model) is Phase.STOPPED:
                 event.set()
         for model, event in self._evicted.items():  # unload() waits for this, however the model got there
             if not self.scheduler.manages(model) or self.scheduler.phase(model) in (Phase.STOPPED, Phase.SLEEPING):
                 event.set()
+
+    def _warm_newcomers(self) -> None:
+        """Models whose load is decided (waiting for victims, or loading) and that will read their weights: the
+        warmer reads their files now, while the victims drain."""
+        if self.warmer is None:
+            return
+        newcomers = set()
+        for key, runtime in self.instances.items():
+            phase = self.scheduler.phase(key) if self.scheduler.manages(key) else None
+            if phase in (Phase.PENDING, Phase.LOADING) and runtime.state is not ModelState.SLEEPING:
+                newcomers.add(runtime.model.id)
+        self.warmer.newcomers(newcomers)
 
     def subscribe(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
         """Call `listener(model, status)` on every status change; returns the unsubscribe function."""
@@ -289,7 +307,10 @@ class Switcher:
                         self.memory.settings.free_wait_s,
                         short,
                     )
-            await runtime.activate(first_load=not self.history.loaded_before(runtime.model.id, runtime.model.revision))
+            with self.warmer.loading() if self.warmer is not None else contextlib.nullcontext():
+                await runtime.activate(
+                    first_load=not self.history.loaded_before(runtime.model.id, runtime.model.revision)
+                )
         except SwitchError as exc:
             ok, reason, failure = False, str(exc), exc.failure
             log.error("loading %s failed (%s): %s", model, failure.value, reason)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from router_app.config import Backend, ModelConfig
 from router_app.memory.gguf import gguf_kv_cache_bytes, gguf_metadata
+from router_app.memory.pagecache import weight_files
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,8 @@ def weights_of(model: ModelConfig) -> Path | None:
 
 
 def size_on_disk(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    weights = ("*.safetensors", "*.bin", "*.gguf", "*.pt")
-    return sum(f.stat().st_size for pattern in weights for f in path.rglob(pattern) if f.is_file())
+    """Bytes of the weight files at `path` (every part of a split GGUF, a directory's weight files)."""
+    return sum(f.stat().st_size for f in weight_files(path))
 
 
 def estimate_footprint(model: ModelConfig, capacity: int | None, devices: int) -> int | None:

@@ -18,6 +18,8 @@ RESULTS = [
     ("1.04×", False),
     ("0", True),
     ("1.16 s: 1.20× resident, 0.21× llama.cpp router", False),
+    ("1.80 s with mmap: 0.89× floor", True),
+    ("0.66 s: 1.15× page-cached", False),
 ]
 
 
@@ -29,7 +31,8 @@ def test_the_targets_table_and_the_missed_section_come_from_the_results() -> Non
     assert "**Target 1**" in missed and "**Target 5**" in missed and "wall 1.11×" in missed
     assert "**Target 6**" in missed and "1.04×" in missed
     assert "**Target 8**" in missed and "0.21× llama.cpp router" in missed
-    assert "Target 2" not in missed and "Target 7" not in missed
+    assert "**Target 10**" in missed and "1.15× page-cached" in missed
+    assert "Target 2" not in missed and "Target 7" not in missed and "Target 9" not in missed
     assert "None in this run." in run_all.missed_section([(m, True) for m, _ in RESULTS])
 
 

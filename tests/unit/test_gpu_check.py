@@ -132,8 +132,9 @@ def test_dry_run_config_is_accepted_and_two_models_fit_three_do_not(tmp_path: Pa
     for model in config.models:
         # The role's argv (model-start.sh adds the key file) on GPU 0.
         assert model.command[:2] == [str(tmp_path / "llama-server"), "--model"]
-        assert model.command[-6:] == [
-            *("--n-gpu-layers", "all", "--slot-save-path", str(tmp_path / "slots" / model.id)),
+        assert model.command[-8:] == [
+            *("--n-gpu-layers", "all", "--load-mode", "none"),
+            *("--slot-save-path", str(tmp_path / "slots" / model.id)),
             *("--api-key-file", str(model.api_key_file)),
         ]
         assert model.slot_dir == tmp_path / "slots" / model.id  # KV continuity, in the work directory

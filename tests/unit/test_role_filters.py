@@ -191,6 +191,29 @@ def test_rendered_router_config_is_valid_for_the_router() -> None:
     ]
 
 
+def test_llamacpp_load_mode_mmap_on_cpu_none_with_gpu_offload_and_dio_turns_off_page_cache_warming() -> None:
+    """b11312 --load-mode (common/arg.cpp:2691-2707); docs/benchmarks.md §8 for the defaults."""
+    models = [
+        {"id": "gpu", "backend": "llamacpp", "model": "/m/a.gguf"},
+        {"id": "cpu-layers", "backend": "llamacpp", "model": "/m/b.gguf", "gpu_layers": 0},
+        {"id": "dio", "backend": "llamacpp", "model": "/m/c.gguf", "load_mode": "dio"},
+        {"id": "own", "backend": "llamacpp", "model": "/m/d.gguf", "extra_args": ["-lm", "mlock"]},
+    ]
+    gpu, cpu_layers, dio, own = normalize(models)
+    modes = [
+        m["argv"][m["argv"].index("--load-mode") + 1] if "--load-mode" in m["argv"] else None
+        for m in (gpu, cpu_layers, dio, own)
+    ]
+    assert modes == ["none", "mmap", "dio", None]
+    assert own["argv"][-2:] == ["-lm", "mlock"]
+    (on_cpu,) = normalize([{"id": "c", "backend": "llamacpp", "model": "/m/a.gguf"}], acc="cpu", archs=[])
+    assert on_cpu["argv"][on_cpu["argv"].index("--load-mode") + 1] == "mmap"
+    config = parse_config(
+        config_f.router_config([gpu, cpu_layers, dio, own], {"supervisor": "systemd"}, "/etc/llm-router")
+    )
+    assert [m.page_cache for m in config.models] == [True, True, False, True]
+
+
 def test_llamacpp_models_keep_their_kv_cache_across_switches_unless_told_not_to() -> None:
     """KV continuity: llama-server b11312 --slot-save-path (common/arg.cpp:3614-3625: an existing directory) and the
     same directory as the model's slot_dir in the router's config; the unit may write there."""
@@ -746,6 +769,14 @@ def errors(models, acc="cuda", count=2, known=True):
         (
             {"id": "m", "backend": "llamacpp", "model": "/srv/m.gguf", "tensor_parallel": 2},
             "model 'm': 'tensor_parallel' has no effect on backend llamacpp (only sglang, vllm, tabbyapi). Fix: remove",
+        ),
+        (
+            {"id": "m", "backend": "llamacpp", "model": "/srv/m.gguf", "load_mode": "direct"},
+            "model 'm': load_mode 'direct'; llama-server takes auto, none, mmap, mlock, mmap+mlock, dio.",
+        ),
+        (
+            {"id": "m", "backend": "vllm", "model": "/srv/m", "load_mode": "dio"},
+            "model 'm': 'load_mode' has no effect on backend vllm (only llamacpp)",
         ),
         (
             {"id": "m", "backend": "vllm", "model": "/srv/m", "gpu_split": [1, 1]},

@@ -99,6 +99,8 @@ def router_config(
                 entry["devices"] = [g.strip() for g in str(model["gpus"]).split(",") if g.strip()]
             if model.get("slot_dir"):
                 entry["slot_dir"] = model["slot_dir"]
+            if model.get("page_cache") is False:
+                entry["page_cache"] = False
             if model.get("model") and not str(model["model"]).startswith(("http://", "https://")):
                 entry["weights"] = str(model["model"])  # the estimate before the first load reads it
             if model["backend"] == "tabbyapi":

@@ -52,6 +52,8 @@ def _engine_command(
         else:
             argv += ["--n-gpu-layers", "0"]
         _flag(argv, "--parallel", model.get("parallel"))
+        if "--load-mode" not in extra and "-lm" not in extra:
+            argv += ["--load-mode", load_mode(model, accelerator)]
         if model.get("kv_continuity", True) and "--slot-save-path" not in extra:
             argv += ["--slot-save-path", f"{paths.get('state_dir', '/var/lib/llm-router')}/slots/{model['slug']}"]
     elif backend == "sglang":
@@ -96,6 +98,25 @@ def _engine_command(
     else:
         raise FilterError(f"backend {backend!r} has no engine command")
     return argv + extra, workdir
+
+
+def load_mode(model: dict[str, Any], accelerator: str) -> str:
+    """llama-server --load-mode: the inventory's, else `mmap` for a model on the CPU (its weights are used where the
+    page cache holds them: the fastest cold and warm load in docs/benchmarks.md §8) and `none` for one offloaded to
+    GPUs (buffered reads through the page cache, where warming and an earlier load leave the file, into pinned
+    buffers uploaded asynchronously; mmap copies from pageable memory instead, and dio bypasses the page cache:
+    b11312 src/llama-model-loader.cpp:1527-1700)."""
+    if model.get("load_mode"):
+        return str(model["load_mode"])
+    on_cpu = accelerator != "cuda" or str(model.get("gpu_layers", "all")) == "0"
+    return "mmap" if on_cpu else "none"
+
+
+def _flag_value(argv: list[str], *names: str) -> str | None:
+    for index, arg in enumerate(argv[:-1]):
+        if arg in names:
+            return str(argv[index + 1])
+    return None
 
 
 def _slot_dir(argv: list[str]) -> str | None:
@@ -282,6 +303,8 @@ def normalize_models(
         model["argv"], model["workdir"] = _engine_command(model, port, paths, cuda_archs, accelerator)
         if model["backend"] == "llamacpp" and model.get("kv_continuity", True) and _slot_dir(model["argv"]):
             model["slot_dir"] = _slot_dir(model["argv"])
+        if model["backend"] == "llamacpp" and _flag_value(model["argv"], "--load-mode", "-lm") == "dio":
+            model["page_cache"] = False  # O_DIRECT reads past the page cache: warming it would only cost I/O
         env = {str(k): str(v) for k, v in model["env"].items()}
         if model.get("gpus") is not None and accelerator == "cuda":
             env.setdefault("CUDA_VISIBLE_DEVICES", str(model["gpus"]))

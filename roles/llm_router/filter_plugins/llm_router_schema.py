@@ -50,11 +50,14 @@ MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "gpu_split": ("llamacpp", "tabbyapi"),
     "gpu_layers": ("llamacpp",),
     "kv_continuity": ("llamacpp",),
+    "load_mode": ("llamacpp",),
     "cache_mode": ("tabbyapi",),
     "cache_size": ("tabbyapi",),
     "tabby_model_name": ("tabbyapi",),
 }
 GPU_KEYS = ("gpus", "tensor_parallel", "gpu_split", "gpu_layers")
+# llama-server --load-mode values (b11312 common/arg.cpp:2691-2707).
+LOAD_MODES = ("auto", "none", "mmap", "mlock", "mmap+mlock", "dio")
 FORMATS = {"llamacpp": ("gguf",), "tabbyapi": ("exl2", "exl3")}
 # The model unit's ProtectHome=yes hides these, PrivateTmp=yes gives it its own /tmp and /var/tmp
 # (templates/llm-model@.service.j2): weights there are invisible to the engine.
@@ -149,6 +152,11 @@ def model_errors(models: Any, accelerator: str = "cuda", gpu_count: int = 0, gpu
             errors.append(f"{name}: 'checksum' verifies a download: it needs a URL in 'source'. Fix: remove it.")
         if backend == "tabbyapi":
             errors += _tabby_cache_errors(name, model, fmt)
+        if model.get("load_mode") is not None and model["load_mode"] not in LOAD_MODES:
+            errors.append(
+                f"{name}: load_mode {model['load_mode']!r}; llama-server takes {', '.join(LOAD_MODES)}. "
+                "Fix: one of these, or remove it (mmap on CPU, none with GPU offload)."
+            )
         if backend != "openai":
             errors += _weights_errors(name, model)
             if accelerator == "cpu":

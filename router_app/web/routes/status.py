@@ -34,6 +34,7 @@ def status_routes(ctx: RouterContext) -> APIRouter:
             "devices": switcher.view.current(),
             "memory": switcher.view.memory_report(),
             "switching": switcher.view.switching(),
+            **({"page_cache": switcher.warmer.status()} if switcher.warmer is not None else {}),
             "backends": backends,
             "models": [ctx.model_health(m.id) for m in ctx.config.models],
             **({"peers": ctx.fleet.report()} if ctx.fleet is not None and ctx.fleet.peers else {}),

@@ -1,0 +1,243 @@
+"""Page-cache warming: the pure plan (properties), the page cache helpers on real files, and the warmer's rules
+(yield to loads, back off under pressure, newcomers first) with a real file and a fake /proc/meminfo."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router_app.config import ModelConfig
+from router_app.memory.pagecache import PAGE, drop, missing_ranges, resident_bytes, resident_pages, weight_files
+from router_app.memory.warming import Candidate, PageCacheWarmer, plan, warm_files
+
+MiB = 1024**2
+pytestmark = pytest.mark.anyio
+
+candidates = st.lists(
+    st.builds(
+        Candidate,
+        model=st.sampled_from([f"m{i}" for i in range(8)]),
+        size=st.integers(0, 100),
+        last_used=st.none() | st.floats(0, 1000),
+        wanted=st.booleans(),
+    ),
+    unique_by=lambda c: c.model,
+)
+
+
+@given(candidates, st.integers(0, 300))
+def test_the_plan_fits_the_budget_puts_newcomers_first_and_skips_only_what_does_not_fit(
+    models: list[Candidate], budget: int
+) -> None:
+    chosen = plan(models, budget)
+    by_name = {c.model: c for c in models}
+    assert sum(by_name[m].size for m in chosen) <= budget
+    assert all(by_name[m].wanted or by_name[m].last_used is not None for m in chosen), "never used: not warmed"
+    wanted = [by_name[m].wanted for m in chosen]
+    assert wanted == sorted(wanted, reverse=True), "newcomers are read first"
+    recency = [by_name[m].last_used or 0.0 for m in chosen if not by_name[m].wanted]
+    assert recency == sorted(recency, reverse=True), "then the most recently used"
+    left = budget - sum(by_name[m].size for m in chosen)
+    for candidate in models:
+        eligible = candidate.wanted or candidate.last_used is not None
+        if eligible and candidate.model not in chosen:
+            assert candidate.size > left, f"{candidate.model} fits in what is left but was skipped"
+
+
+def test_a_newcomer_comes_before_a_more_recent_model_and_a_big_one_gives_way_to_smaller_ones() -> None:
+    models = [
+        Candidate("recent", 60, last_used=10.0),
+        Candidate("older", 30, last_used=5.0),
+        Candidate("newcomer", 50, last_used=1.0, wanted=True),
+        Candidate("never", 1),
+    ]
+    assert plan(models, 100) == ["newcomer", "older"]  # recent (60) no longer fits in 50, older (30) does
+
+
+@given(st.lists(st.booleans(), max_size=64), st.integers(1, 5))
+def test_missing_ranges_cover_exactly_the_uncached_pages_in_bounded_reads(cached: list[bool], pages: int) -> None:
+    chunk = pages * PAGE
+    ranges = missing_ranges(bytes(int(c) for c in cached), chunk)
+    covered = [False] * len(cached)
+    for offset, length in ranges:
+        assert offset % PAGE == 0 and 0 < length <= chunk and length % PAGE == 0
+        for page in range(offset // PAGE, (offset + length) // PAGE):
+            assert not covered[page]
+            covered[page] = True
+    assert covered == [not c for c in cached]
+
+
+def test_weight_files_of_a_split_gguf_a_directory_and_a_missing_path(tmp_path: Path) -> None:
+    parts = [tmp_path / f"big-0000{n}-of-00003.gguf" for n in (1, 2, 3)]
+    for part in parts:
+        part.write_bytes(b"x")
+    assert weight_files(parts[0]) == parts
+    directory = tmp_path / "exl3"
+    (directory / "sub").mkdir(parents=True)
+    for name in ("model-00002.safetensors", "model-00001.safetensors", "sub/extra.bin", "config.json"):
+        (directory / name).write_bytes(b"x")
+    assert [p.relative_to(directory).as_posix() for p in weight_files(directory)] == [
+        "model-00001.safetensors",
+        "model-00002.safetensors",
+        "sub/extra.bin",
+    ]
+    assert weight_files(tmp_path / "nope.gguf") == []
+
+
+def test_drop_empties_the_page_cache_of_a_file_and_reading_fills_it(tmp_path: Path) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(os.urandom(64 * MiB))
+    drop(path)
+    assert resident_bytes(path) < MiB
+    with open(path, "rb") as file:
+        file.read(4 * MiB)
+    assert 4 * MiB <= resident_bytes(path) < 32 * MiB  # the kernel reads ahead (read_ahead_kb, 8 MiB here)
+    assert resident_pages(path)[:10] == b"\x01" * 10
+
+
+def test_warm_files_skip_remote_opted_out_and_direct_io_models(tmp_path: Path) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"x")
+
+    def model(*extra: str, **fields: object) -> ModelConfig:
+        command = ["llama-server", "-m", str(gguf), "--port", "${PORT}", *extra]
+        return ModelConfig.model_validate({"id": "m", "backend": "llamacpp", "command": command, **fields})
+
+    assert warm_files(model()) == [gguf]
+    assert warm_files(model("--load-mode", "none")) == [gguf]
+    assert warm_files(model("--load-mode", "dio")) == []
+    assert warm_files(model("-lm", "dio")) == []
+    assert warm_files(model(env={"LLAMA_ARG_LOAD_MODE": "dio"})) == []
+    assert warm_files(model(page_cache=False)) == []
+    remote = ModelConfig.model_validate({"id": "r", "backend": "openai", "url": "http://x/v1", "weights": str(gguf)})
+    assert warm_files(remote) == []
+
+
+def plenty() -> dict[str, int]:
+    return {"MemTotal": 64 * 1024 * MiB, "MemAvailable": 32 * 1024 * MiB}
+
+
+@pytest.fixture
+def cold_file(tmp_path: Path) -> Path:
+    path = tmp_path / "weights.gguf"
+    path.write_bytes(os.urandom(16 * MiB))
+    drop(path)
+    return path
+
+
+async def until(condition) -> None:
+    """Poll with backoff; the bound only guards a hang."""
+    async with asyncio.timeout(10):
+        delay = 0.001
+        while not condition():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+async def test_a_wanted_newcomer_is_read_into_the_page_cache(cold_file: Path) -> None:
+    warmer = PageCacheWarmer(64 * MiB, chunk=MiB, meminfo=plenty, stall_pct=lambda: None)
+    warmer.set_models({"b": [cold_file]})
+    warmer.start()
+    try:
+        warmer.newcomers({"b"})
+        await until(lambda: resident_bytes(cold_file) >= 16 * MiB)
+        assert warmer.stats.read_bytes >= 15 * MiB
+    finally:
+        await warmer.stop()
+
+
+async def test_no_read_starts_while_an_engine_loads(cold_file: Path) -> None:
+    warmer = PageCacheWarmer(64 * MiB, chunk=MiB, meminfo=plenty, stall_pct=lambda: None)
+    warmer.set_models({"b": [cold_file]})
+    warmer.start()
+    try:
+        with warmer.loading():
+            warmer.newcomers({"b"})
+            for _ in range(50):
+                await asyncio.sleep(0.002)
+            assert warmer.stats.reads == 0 and resident_bytes(cold_file) < MiB
+        await until(lambda: resident_bytes(cold_file) >= 16 * MiB)
+        assert warmer.stats.reads_during_loads == 0
+    finally:
+        await warmer.stop()
+
+
+async def test_memory_pressure_makes_it_wait_and_it_reads_once_memory_is_back(
+    cold_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("router_app.memory.warming.BACKOFF_S", (0.01, 0.02))
+    meminfo = {"MemTotal": 1000 * MiB, "MemAvailable": 50 * MiB}  # under a tenth: pressure
+    warmer = PageCacheWarmer(64 * MiB, chunk=MiB, meminfo=lambda: meminfo, stall_pct=lambda: None)
+    warmer.set_models({"b": [cold_file]})
+    warmer.start()
+    try:
+        warmer.newcomers({"b"})
+        await until(lambda: warmer.stats.backoffs >= 3)
+        assert warmer.stats.reads == 0
+        meminfo["MemAvailable"] = 500 * MiB
+        await until(lambda: resident_bytes(cold_file) >= 16 * MiB)
+    finally:
+        await warmer.stop()
+
+
+async def test_memory_stalls_count_as_pressure(cold_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("router_app.memory.warming.BACKOFF_S", (0.01, 0.02))
+    stall = [50.0]
+    warmer = PageCacheWarmer(64 * MiB, chunk=MiB, meminfo=plenty, stall_pct=lambda: stall[0])
+    warmer.set_models({"b": [cold_file]})
+    warmer.start()
+    try:
+        warmer.newcomers({"b"})
+        await until(lambda: warmer.stats.backoffs >= 2)
+        assert warmer.stats.reads == 0
+        stall[0] = 0.0
+        await until(lambda: resident_bytes(cold_file) >= 16 * MiB)
+    finally:
+        await warmer.stop()
+
+
+async def test_a_model_over_the_budget_is_not_read(cold_file: Path) -> None:
+    warmer = PageCacheWarmer(8 * MiB, chunk=MiB, meminfo=plenty, stall_pct=lambda: None)
+    warmer.set_models({"b": [cold_file]})
+    warmer.start()
+    try:
+        warmer.newcomers({"b"})
+        for _ in range(50):
+            await asyncio.sleep(0.002)
+        assert warmer.stats.reads == 0 and warmer.chosen() == []
+    finally:
+        await warmer.stop()
+
+
+async def test_a_newcomer_interrupts_keeping_another_model_warm(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.gguf", tmp_path / "new.gguf"
+    old.write_bytes(os.urandom(64 * MiB))
+    new.write_bytes(os.urandom(8 * MiB))
+    drop(old)
+    drop(new)
+
+    def slow_plenty() -> dict[str, int]:  # each read looks at memory first: this paces the reads
+        time.sleep(0.005)
+        return plenty()
+
+    warmer = PageCacheWarmer(128 * MiB, chunk=MiB, meminfo=slow_plenty, stall_pct=lambda: None)
+    warmer.set_models({"old": [old], "new": [new]})
+    warmer.touch("old")
+    warmer.start()
+    try:
+        await until(lambda: warmer.stats.reads >= 2)
+        warmer.newcomers({"new"})
+        await until(lambda: resident_bytes(new) >= 8 * MiB)
+        assert resident_bytes(old) < 48 * MiB, "the newcomer waited for the other model's whole file"
+        await asyncio.sleep(0.05)
+        assert resident_bytes(old) < 48 * MiB, "nothing else is read until the newcomer's load ends"
+        warmer.newcomers(set())
+        await until(lambda: resident_bytes(old) >= 64 * MiB)  # and the other model is finished afterwards
+    finally:
+        await warmer.stop()
