@@ -105,13 +105,15 @@ check-engine-code-lanes: $(STAMP)
 	ENGINE_CODE_VENVS="$$venvs" LLM_ROUTER_ENGINE_CODE=1 \
 		$(BIN)/python -m pytest tests/engine_code/test_engine_parsers.py -v -p no:cacheprovider
 
-# A real Open-WebUI 0.12.4 (own venv, installed once into ~/.cache/llm-router) in front of the demo router.
+# A real Open-WebUI 0.12.4 (own venv, installed once into ~/.cache/llm-router) in front of the demo router, and the
+# operator console (/ui) in Debian's chromium driven by Selenium (scripts/chromium.sh installs it with apt-get).
 .PHONY: e2e
 e2e: $(STAMP) llama-server
 	set -e; venv="$$(scripts/openwebui-venv.sh)"; \
 	llama_bin="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)"; \
-	OPENWEBUI_VENV="$$venv" LLAMA_SERVER_BIN="$$llama_bin" LLM_ROUTER_E2E=1 \
-		$(BIN)/python -m pytest tests/e2e -v -p no:cacheprovider
+	read -r chromium driver < <(scripts/chromium.sh); \
+	OPENWEBUI_VENV="$$venv" LLAMA_SERVER_BIN="$$llama_bin" LLM_ROUTER_E2E=1 CHROMIUM_BIN="$$chromium" \
+		CHROMEDRIVER="$$driver" $(BIN)/python -m pytest tests/e2e -v -p no:cacheprovider
 
 # Benchmarks (not part of `make test`): writes docs/benchmarks.md.
 bench: $(STAMP) llama-server

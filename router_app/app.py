@@ -22,6 +22,7 @@ from router_app.engines.instance import EngineInstance
 from router_app.engines.slots import SlotBudget, SlotDir, SlotKeeper
 from router_app.engines.sockets import SocketDir
 from router_app.engines.supervisors import ProcessSupervisor, Supervisor, SystemdSupervisor, default_unit_name
+from router_app.events import EventHub, HubLogHandler
 from router_app.fleet import Fleet
 from router_app.live import Keys, Live, LiveConfig
 from router_app.memory.devices import MemoryModel, Nvml
@@ -29,10 +30,18 @@ from router_app.memory.history import History
 from router_app.memory.warming import PageCacheWarmer, auto_budget, read_meminfo, warm_files
 from router_app.metrics import RouterMetrics
 from router_app.proxy import Proxy
+from router_app.proxy.activity import Activity
 from router_app.proxy.upstream import Upstream
 from router_app.reload import LiveParts, Reloader
 from router_app.web.entry import EntryPoint, key_from
-from router_app.web.routes import RouterContext, admin_routes, management_routes, model_routes, status_routes
+from router_app.web.routes import (
+    RouterContext,
+    admin_routes,
+    console_routes,
+    management_routes,
+    model_routes,
+    status_routes,
+)
 from router_app.wire.errors import json_error
 
 log = logging.getLogger(__name__)
@@ -50,11 +59,20 @@ def build_supervisor(config: Config, model_id: str) -> Supervisor | None:
     )
 
 
+def redact_all(switcher: Switcher, text: str) -> str:
+    """A router log line with every engine's keys blanked (a line may quote an engine's command or error)."""
+    for runtime in switcher.instances.values():
+        text = runtime.redact(text)
+    return text
+
+
 def create_app(config: Config, config_path: Path | None = None, reloadable: bool = False) -> EntryPoint:
     """The router as an ASGI app; engines are adopted on startup and (process supervisor) stopped on exit."""
     settings = config.router
     live = LiveConfig(Live(config, Keys(config)))
     metrics = RouterMetrics()
+    hub = EventHub()
+    activity = Activity(hub)
     client = control_client()
     sockets = SocketDir()
     kv_budget = SlotBudget(settings.kv_budget)
@@ -65,7 +83,12 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         kv_budget.limit = conf.router.kv_budget
         slot_dir = model.slot_directory(conf.router.state_dir) if supervisor is not None else None
         keeper = SlotKeeper(model, SlotDir(slot_dir), kv_budget, conf.router.kv_min_tokens) if slot_dir else None
-        return EngineInstance(model, adapter, supervisor, conf.router, metrics=metrics, sockets=sockets, slots=keeper)
+        runtime = EngineInstance(
+            model, adapter, supervisor, conf.router, metrics=metrics, sockets=sockets, slots=keeper
+        )
+        if isinstance(supervisor, ProcessSupervisor):  # the console's live log (systemd units: their journal)
+            supervisor.on_line = lambda line: hub.publish("log", source=model.id, line=runtime.redact(line))
+        return runtime
 
     runtimes = {model.id: make_runtime(config, model) for model in config.models}
     budget = settings.page_cache_budget
@@ -80,15 +103,20 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         memory=MemoryModel(config, Nvml.open() if settings.memory.source in ("auto", "nvml") else None),
         history=History(settings.state_dir),
         warmer=warmer,
+        events=hub,
     )
+    switcher.subscribe(lambda model, status: hub.publish("model", model=model, status=status))
     fleet = Fleet(settings.peers, settings.peer_refresh_s)
-    proxy = Proxy(live, switcher, upstream, metrics, fleet)
+    proxy = Proxy(live, switcher, upstream, metrics, fleet, activity)
     context = RouterContext(live, switcher, metrics, fleet)
     reloader = Reloader(LiveParts(live, switcher, make_runtime, Keys, fleet), config_path)
     reloads: set[asyncio.Future[bool]] = set()
 
+    log_handler = HubLogHandler(hub, lambda line: redact_all(switcher, line))
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("router_app").addHandler(log_handler)
         await switcher.start()
         warmer.start()
         log.info(
@@ -118,6 +146,7 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
             await fleet.close()
             await client.aclose()
             sockets.remove()
+            logging.getLogger("router_app").removeHandler(log_handler)
 
     app = FastAPI(title="llm-router", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -138,6 +167,7 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         management_routes(context, is_admin),
         status_routes(context),
         admin_routes(context),
+        console_routes(context, hub, activity),
     ):
         app.include_router(router)
     entry = EntryPoint(app, proxy, live)

@@ -469,12 +469,16 @@ def load_config(path: Path | str | None = None) -> Config:
 
 def read_keys(paths: list[Path]) -> set[str]:
     """API keys from files: one key per line, '#' comments and blank lines ignored."""
-    keys: set[str] = set()
-    for path in paths:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                keys.add(line)
+    return {key for path in paths for key in keys_in_file(path)}
+
+
+def keys_in_file(path: Path) -> list[str]:
+    """The keys of one key file in their order (the console labels a key by its file and its number there)."""
+    keys: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and line not in keys:
+            keys.append(line)
     return keys
 
 

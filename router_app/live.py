@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from router_app.config import Config, ConfigError, RouterSettings, read_keys, read_secret
+from router_app.config import Config, ConfigError, RouterSettings, keys_in_file, read_keys, read_secret
 
 
 class Keys:
@@ -21,6 +21,12 @@ class Keys:
         try:
             self.client = read_keys(settings.api_key_files)
             self.admin = read_secret(settings.admin_key_file)
+            # Each client key's label for the console: its file's name and its line among the file's keys.
+            self._labels = {
+                key: f"{path.name}#{number}"
+                for path in settings.api_key_files
+                for number, key in enumerate(keys_in_file(path), start=1)
+            }
         except OSError as exc:
             raise ConfigError("router.api_key_files/admin_key_file", [f"cannot read key file: {exc}"]) from None
         if settings.admin_key_file is not None and not self.admin:
@@ -33,6 +39,17 @@ class Keys:
             any(secrets.compare_digest(presented, key) for key in self.client)
             or (self.admin is not None and secrets.compare_digest(presented, self.admin))
         )
+
+    def label(self, presented: str | None) -> str:
+        """Who a key is, never the key: `admin`, `<file>#<n>` for a client key, `-` without keys or key."""
+        if presented is None:
+            return "-"
+        if self.admin is not None and secrets.compare_digest(presented.encode(), self.admin.encode()):
+            return "admin"
+        for key, label in self._labels.items():
+            if secrets.compare_digest(presented.encode(), key.encode()):
+                return label
+        return "-"
 
     def admin_ok(self, presented: str | None) -> bool:
         return self.admin is not None and presented is not None and secrets.compare_digest(presented, self.admin)

@@ -30,6 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE_ENGINE = ROOT / "tests" / "fakes" / "fake_engine.py"
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """The router runs on asyncio: async tests too (trio is installed, as selenium's dependency, but never used)."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def llama_server_bin() -> Path:
     """The pinned static llama-server: $LLAMA_SERVER_BIN, or built (and cached) by scripts/build-llama-server.sh."""

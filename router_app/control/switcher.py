@@ -33,6 +33,7 @@ from router_app.control.policy.scheduler import (
 )
 from router_app.control.views import SwitchView
 from router_app.engines.instance import EngineInstance, LoadFailure, ModelState, SwitchError
+from router_app.events import EventHub
 from router_app.memory.devices import MemoryModel
 from router_app.memory.estimate import estimate_footprint, footprint_key
 from router_app.memory.history import History
@@ -108,6 +109,7 @@ class Switcher:
         history: History | None = None,
         clock: Callable[[], float] = time.monotonic,
         warmer: PageCacheWarmer | None = None,
+        events: EventHub | None = None,
     ) -> None:
         self.instances: dict[str, EngineInstance] = {rt.key: rt for rt in runtimes.values()}
         self.current: dict[str, str] = {model: rt.key for model, rt in runtimes.items()}
@@ -119,6 +121,7 @@ class Switcher:
         self._metrics = metrics
         self._before_evict = before_evict
         self.warmer = warmer
+        self.events = events
         self.scheduler = Scheduler(
             memory.capacities() if memory else {},
             [self._spec(rt) for rt in runtimes.values() if rt.supervisor is not None],
@@ -294,6 +297,7 @@ class Switcher:
     async def _load(self, runtime: EngineInstance) -> None:
         model = runtime.key
         started = self.clock()
+        waking = runtime.state is ModelState.SLEEPING
         self._load_started[model] = started
         ok, reason, failure = True, "", None
         spec = self.scheduler.spec(model)
@@ -344,6 +348,15 @@ class Switcher:
             spec = self.scheduler.spec(model)
             self.scheduler.set_spec(replace(spec, cancel_abandoned=runtime.model.cancel_abandoned))
         log.info("load of %s %s in %.2f s", model, "done" if ok else "FAILED", elapsed)
+        if self.events is not None:
+            self.events.publish(
+                "switch",
+                action="wake" if waking else "load",
+                model=name,
+                ok=ok,
+                seconds=round(elapsed, 3),
+                **({"failure": failure.value if failure is not None else None, "reason": reason} if not ok else {}),
+            )
         self.apply(self.scheduler.load_done(model, ok, reason, self.clock()))
 
     async def _evict(self, runtime: EngineInstance, evict: Evict) -> None:
@@ -351,6 +364,7 @@ class Switcher:
         may still run in it), then report to the scheduler."""
         model = runtime.key
         stop = evict.stop
+        started = self.clock()
         log.info("evicting %s (%s): %s", model, evict.cause.value, evict.reason)
         runtime.last_eviction = {"cause": evict.cause.value, "reason": evict.reason, "at": round(time.time(), 3)}
         if self._metrics is not None:
@@ -370,6 +384,15 @@ class Switcher:
         finally:
             self._evictions.pop(model, None)
         slept = runtime.state is ModelState.SLEEPING
+        if self.events is not None:
+            self.events.publish(
+                "switch",
+                action="sleep" if slept else "stop",
+                model=runtime.model.id,
+                cause=evict.cause.value,
+                reason=evict.reason,
+                seconds=round(self.clock() - started, 3),
+            )
         if not slept:
             self.history.record_asleep(runtime.model.id, None)
         if slept:

@@ -297,10 +297,13 @@ class EngineInstance:
         lines = await self.supervisor.recent_logs(12)
         if not lines:
             return message
-        text = "\n".join(lines)
+        return message + "; last log lines:\n" + self.redact("\n".join(lines))
+
+    def redact(self, text: str) -> str:
+        """`text` with the engine's keys blanked (before it reaches a client, a peer or the console)."""
         for secret in self.adapter.secrets():
             text = text.replace(secret, "***")
-        return message + "; last log lines:\n" + text
+        return text
 
     async def _wait_ready(self, deadline: float, cold: bool = False) -> None:
         """Health, then a 1-token greedy probe, and after a cold start one sampled request (engines.SAMPLED_PROBE)."""

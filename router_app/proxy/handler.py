@@ -24,6 +24,7 @@ from router_app.engines.instance import SwitchError
 from router_app.live import LiveConfig
 from router_app.metrics import RouterMetrics
 from router_app.proxy import report
+from router_app.proxy.activity import Activity, Cancellation
 from router_app.proxy.endpoints import Endpoint
 from router_app.proxy.parse import Exchange, UnknownModel, parse
 from router_app.proxy.progress import Shape, shape_for
@@ -55,7 +56,9 @@ class Proxy:
         upstream: Upstream,
         metrics: RouterMetrics,
         fleet: Fleet | None = None,
+        activity: Activity | None = None,
     ) -> None:
+        self.activity = activity
         self.live = live
         self.switcher = switcher
         self.upstream = upstream
@@ -70,7 +73,16 @@ class Proxy:
     def settings(self) -> RouterSettings:
         return self.live.current.settings
 
-    async def handle(self, request: Request, endpoint: Endpoint, raw: bytes) -> Response:
+    async def handle(
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        raw: bytes,
+        client: str = "-",
+        cancellation: Cancellation | None = None,
+    ) -> Response:
+        """Answer one proxied request. `client`: the label of the key it came with (for the console);
+        `cancellation`: its cancel switch (the request's receive is already wrapped by it)."""
         parsed = parse(raw, endpoint, self.config)
         if isinstance(parsed, UnknownModel):
             return await self._to_peer(request, parsed.name, raw) or parsed.response
@@ -89,6 +101,9 @@ class Proxy:
             )
         ticket = self.switcher.ticket(exchange.model.id)
         self.metrics.inflight.labels(exchange.model.id).inc()
+        exchange.cancellation = cancellation
+        if self.activity is not None:
+            exchange.record = self.activity.begin(exchange, client, cancellation)
         if ticket.granted.done() and ticket.granted.exception() is not None:  # decided at once: can never fit
             self._finish(exchange, ticket, "switch_failed")
             error = ticket.granted.exception()
@@ -126,9 +141,13 @@ class Proxy:
             self.metrics.completion_tokens.labels(exchange.model.id).inc(exchange.completion_tokens)
         if exchange.prompt_tokens is not None and exchange.cached_tokens is not None and ticket.runtime is not None:
             ticket.runtime.observe_prompt_cache(exchange.prompt_tokens, exchange.cached_tokens)
+        if self.activity is not None and exchange.record is not None:
+            self.activity.end(exchange.record, exchange, outcome)
 
     def _observe_wait(self, exchange: Exchange, ticket: Ticket) -> None:
         self.metrics.wait_seconds.labels(exchange.model.id).observe(time.monotonic() - ticket.created)
+        if self.activity is not None and exchange.record is not None:
+            self.activity.granted(exchange.record)
 
     async def _send(self, exchange: Exchange, ticket: Ticket) -> UpstreamResponse:
         # The engine instance the request was granted, never the one its name maps to now: a config reload may
@@ -140,6 +159,15 @@ class Proxy:
         url = exchange.endpoint.url(adapter.openai_base, adapter.base_url)
         exchange.sent = time.monotonic()
         return await self.upstream.post(runtime, url, exchange.content, headers)
+
+    @staticmethod
+    def _gone(exchange: Exchange) -> Response:
+        """The answer to a request whose client left (nobody reads it), or that the operator cancelled."""
+        if _cancelled(exchange):
+            return json_error(
+                499, CANCELLED, "cancelled", code="request_cancelled", anthropic=exchange.endpoint.anthropic
+            )
+        return Response(status_code=499)
 
     def _upstream_failed(self, exchange: Exchange, ticket: Ticket, exc: Exception) -> str:
         if isinstance(exc, UpstreamError) and exc.connect_failed and ticket.runtime is not None:
@@ -162,9 +190,11 @@ class Proxy:
             self._observe_wait(exchange, ticket)
             upstream = await race_disconnect(request, self._send(exchange, ticket))
             content = await race_disconnect(request, upstream.read())
+            if self.activity is not None and exchange.record is not None:
+                self.activity.first_byte(exchange.record)
         except ClientGone:
             self._finish(exchange, ticket, "client_gone")
-            return Response(status_code=499)
+            return self._gone(exchange)
         except SwitchError as exc:
             self._finish(exchange, ticket, "switch_failed")
             return json_error(503, str(exc), "service_unavailable", code=failure_code(exc), anthropic=anthropic)
@@ -192,7 +222,7 @@ class Proxy:
                 upstream = await race_disconnect(request, self._send(exchange, ticket))
             except ClientGone:
                 self._finish(exchange, ticket, "client_gone")
-                return Response(status_code=499)
+                return self._gone(exchange)
             except UpstreamError as exc:
                 message = self._upstream_failed(exchange, ticket, exc)
                 self._finish(exchange, ticket, "error")
@@ -206,11 +236,18 @@ class Proxy:
                     body = str(exc).encode()
                 self._finish(exchange, ticket, f"http_{upstream.status}")
                 return self._engine_answer(exchange, upstream.status, body, upstream.content_type)
+
+        def farewell() -> bytes | None:
+            if not _cancelled(exchange):
+                return None
+            return shape.error(CANCELLED, "cancelled", "request_cancelled", 499) + shape.closing()
+
         return DisconnectAwareStreamingResponse(
             self._stream_body(exchange, ticket, shape, upstream),
             media_type="text/event-stream",
             headers=_STREAM_HEADERS,
             on_close=lambda: self._finish(exchange, ticket, "client_gone"),
+            farewell=farewell,
         )
 
     async def _stream_body(
@@ -241,6 +278,8 @@ class Proxy:
                     yield shape.error(message, "engine_error", upstream.status, upstream.status) + shape.closing()
                     return
             async for chunk in relay(self.settings, exchange, upstream, shape):
+                if self.activity is not None and exchange.record is not None and exchange.record.ttft_s is None:
+                    self.activity.first_byte(exchange.record)
                 yield chunk
             outcome = "ok"
         except UpstreamError as exc:
@@ -266,6 +305,14 @@ class Proxy:
             yield shape.waited(f"Loading {exchange.model.id} failed after {waited:.0f} s", failed=True)
         else:
             yield shape.waited(f"{exchange.model.id} loaded in {waited:.2f} s", failed=False)
+
+
+# 499 (the client's request ended before its answer), not a 5xx: the SDKs retry those, and the operator meant it.
+CANCELLED = "request cancelled by the router's operator (POST /console/requests/{id}/cancel)"
+
+
+def _cancelled(exchange: Exchange) -> bool:
+    return exchange.cancellation is not None and exchange.cancellation.cancelled
 
 
 def _error_message(body: bytes, status: int) -> str:

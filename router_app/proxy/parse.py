@@ -47,6 +47,8 @@ class Exchange:
     cached_tokens: int | None = None  # of the prompt, taken from the engine's cache (KV continuity's check)
     engine_tokens_per_second: float | None = None
     finished: bool = False
+    record: Any = None  # its proxy.activity.RequestRecord, for the console
+    cancellation: Any = None  # its proxy.activity.Cancellation (an operator may cancel it)
 
     @property
     def chat(self) -> bool:

@@ -12,6 +12,7 @@ from starlette.types import Message, Receive, Scope, Send
 from router_app.config import RouterSettings
 from router_app.live import Keys, LiveConfig
 from router_app.proxy import ROUTES, Proxy
+from router_app.proxy.activity import Cancellation
 from router_app.wire.errors import is_anthropic_path, json_error
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,13 @@ class EntryPoint:
                 405, f"use POST for {path}", "invalid_request_error", anthropic=is_anthropic_path(path)
             )
         else:
+            cancellation = Cancellation()
+            receive = cancellation.wrap(receive)
+            request = Request(scope, receive, send)
             try:
-                response = await self.proxy.handle(request, endpoint, body)
+                response = await self.proxy.handle(
+                    request, endpoint, body, self.keys.label(key_from(request)), cancellation
+                )
             except Exception as exc:  # a bug must still answer in the API's shape
                 log.exception("proxy failed")
                 response = json_error(
@@ -151,7 +157,8 @@ class EntryPoint:
         presented = key_from(request)
         if path.startswith("/admin/"):
             return self._need_admin(presented)
-        if path in MODEL_CONTROL and request.scope["method"] == "POST":
+        controls = path in MODEL_CONTROL or (path.startswith("/console/requests/") and path.endswith("/cancel"))
+        if controls and request.scope["method"] == "POST":
             control = self.settings.model_control
             if control == "none":
                 return json_error(
@@ -162,7 +169,7 @@ class EntryPoint:
                 )
             if control == "admin":
                 return self._need_admin(presented)
-        needs_client = path.startswith("/v1/") or path in ROUTES or path == "/models" or path.startswith("/models/")
+        needs_client = path.startswith(("/v1/", "/models/", "/console/")) or path in ROUTES or path == "/models"
         if needs_client and not self.keys.client_ok(presented):
             return json_error(
                 401,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,9 +23,19 @@ class DisconnectAwareStreamingResponse(StreamingResponse):
     """Streams and, at the same time, listens for the client leaving: the body generator is
     closed at once (its `finally` closes the upstream request), not only at the next write."""
 
-    def __init__(self, content: AsyncIterator[bytes], *, on_close: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        *,
+        on_close: Callable[[], None],
+        farewell: Callable[[], bytes | None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(content, **kwargs)
         self._on_close = on_close
+        # After a disconnect that was not the client's (an operator's cancel, proxy.activity): the last bytes to send
+        # before ending the body properly, or None when the client really left.
+        self._farewell = farewell
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -43,6 +54,10 @@ class DisconnectAwareStreamingResponse(StreamingResponse):
                 with anyio.CancelScope(shield=True):
                     await aclose()
             self._on_close()
+        last = self._farewell() if self._farewell is not None else None
+        if last is not None:
+            with contextlib.suppress(Exception):  # the client may have left meanwhile after all
+                await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 async def _wait_disconnect(request: Request) -> None:

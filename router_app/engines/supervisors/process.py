@@ -60,6 +60,8 @@ class ProcessSupervisor:
         self._workdir = workdir
         self._on_exit = on_exit
         self._logs: deque[str] = deque(maxlen=log_lines)
+        # Called with each line of output as it is read (the operator console's live log).
+        self.on_line: Callable[[str], None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._waiter: asyncio.Task[None] | None = None
@@ -101,6 +103,8 @@ class ProcessSupervisor:
             text = line.decode(errors="replace").rstrip()
             self._logs.append(text)
             log.debug("[%s] %s", self.name, text)
+            if self.on_line is not None:
+                self.on_line(text)
 
     async def _watch(self, proc: asyncio.subprocess.Process, exited: asyncio.Future[str]) -> None:
         code = await proc.wait()
