@@ -120,6 +120,7 @@ class Switcher:
         self.clock = clock
         self._metrics = metrics
         self._before_evict = before_evict
+        self._pins: dict[str, bool] = {}  # pinned or unpinned at run time (POST /admin/pin), over the config
         self.warmer = warmer
         self.events = events
         self.scheduler = Scheduler(
@@ -183,7 +184,7 @@ class Switcher:
             sleep_footprint=sleep_footprint or 0,
             sleeps=model.evict == "sleep" and runtime.adapter.supports_sleep,
             group=model.group if enabled else None,
-            pinned=model.pinned,
+            pinned=self._pins.get(model.id, model.pinned),
             ttl_s=model.ttl_s,
             # A first load compiles what later ones find cached: finished even when its clients left, or a client
             # timeout shorter than the compile would restart it from scratch at every request.
@@ -552,6 +553,18 @@ class Switcher:
         self.apply([])
 
     # --- admin ---------------------------------------------------------------------------
+
+    async def set_pinned(self, model: str, pinned: bool) -> None:
+        """Pin (never evicted, no idle unload; loaded now if it is not resident) or unpin `model` until the router
+        restarts; a config reload that changes the model keeps the choice."""
+        self._pins[model] = pinned
+        key = self.current[model]
+        if not self.scheduler.manages(key):
+            return
+        self.scheduler.set_spec(replace(self.scheduler.spec(key), pinned=pinned))
+        self.apply([])
+        if pinned and self.scheduler.phase(key) not in (Phase.READY, Phase.DRAINING, Phase.LOADING):
+            await self.load(model)
 
     async def load(self, model: str) -> None:
         """Make `model` resident as if a request came, without serving anything."""

@@ -72,6 +72,20 @@ class SwitchView:
             return "sleeping"
         return "failed" if runtime.state is ModelState.FAILED else "unloaded"
 
+    def pinned(self, model: str) -> bool:
+        key = self._current[model]
+        return self.scheduler.manages(key) and self.scheduler.spec(key).pinned
+
+    def idle_unload_in(self, model: str) -> float | None:
+        """Seconds until `model` is unloaded for being idle (its TTL), if it is resident, idle and has a TTL."""
+        key = self._current[model]
+        if not self.scheduler.manages(key) or self.scheduler.phase(key) is not Phase.READY:
+            return None
+        ttl = self.scheduler.ttl(key)
+        if ttl is None or self.scheduler.inflight(key):
+            return None
+        return max(self.scheduler.last_used(key) + ttl - self.clock(), 0.0)
+
     def load_estimate(self, model: str) -> float | None:
         """The median of `model`'s recorded load times, if any."""
         return self.history.get(model).median_load_s()

@@ -165,3 +165,46 @@ def test_keys_guard_the_console_and_only_their_labels_are_shown(
     admin_headers = {"Authorization": "Bearer sk-admin"}
     assert httpx.post(router.url + "/console/requests/1/cancel", json={}, headers=admin_headers).status_code == 404
     reader.stop()
+
+
+def test_health_tells_the_console_what_is_pinned_and_when_an_idle_model_unloads(
+    start_router, llama_server_bin, models_dir
+) -> None:
+    models = [
+        llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "tiny-a", ttl_s=600),
+        llama_model(llama_server_bin, models_dir / "tiny-b.gguf", "tiny-b", group="pins", pinned=True),
+    ]
+    router = start_router(models)
+    chat(router.url, "tiny-a")
+    health = {m["id"]: m for m in router.health()["models"]}
+    assert 590 <= health["tiny-a"]["idle_unload_in_s"] <= 600 and "pinned" not in health["tiny-a"]
+    assert health["tiny-b"]["pinned"] is True and "idle_unload_in_s" not in health["tiny-b"]
+
+
+def test_an_admin_pins_a_model_at_run_time_and_unpins_it(
+    start_router, llama_server_bin, models_dir, tmp_path: Path
+) -> None:
+    admin = tmp_path / "admin.key"
+    admin.write_text("sk-admin\n")
+    models = [
+        llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "tiny-a"),
+        llama_model(llama_server_bin, models_dir / "tiny-b.gguf", "tiny-b"),
+    ]
+    router = start_router(models, admin_key_file=str(admin))
+    headers = {"Authorization": "Bearer sk-admin"}
+    assert httpx.post(router.url + "/admin/pin", json={"model": "tiny-a", "pinned": True}).status_code == 401
+    pinned = httpx.post(
+        router.url + "/admin/pin", json={"model": "tiny-a", "pinned": True}, headers=headers, timeout=60
+    )
+    assert pinned.status_code == 200 and pinned.json()["state"] == "ready", "pinning a stopped model loads it"
+    assert (
+        httpx.post(router.url + "/admin/pin", json={"model": "tiny-a", "pinned": 1}, headers=headers).status_code == 400
+    )
+    body = {"model": "tiny-b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    refused = httpx.post(router.url + "/v1/chat/completions", json=body, timeout=60)
+    assert refused.status_code == 503, "one model at a time, and tiny-a may not leave"
+    assert next(m for m in router.health()["models"] if m["id"] == "tiny-a")["pinned"] is True
+    unpinned = httpx.post(router.url + "/admin/pin", json={"model": "tiny-a", "pinned": False}, headers=headers)
+    assert unpinned.status_code == 200 and unpinned.json()["pinned"] is False
+    assert "pinned" not in next(m for m in router.health()["models"] if m["id"] == "tiny-a")
+    assert chat(router.url, "tiny-b")["model"] == "tiny-b"

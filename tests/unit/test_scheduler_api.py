@@ -56,6 +56,13 @@ def test_queries_follow_a_switch() -> None:
     assert s.resident() == ["b"] and s.last_used("a") == 12
 
 
+def test_ttl_is_the_models_own_else_the_default_and_none_for_a_pinned_model() -> None:
+    specs = [ModelSpec("own", ("g",), ttl_s=30), ModelSpec("default", ("g",)), ModelSpec("pin", ("g",), pinned=True)]
+    s = Scheduler({}, specs, default_ttl_s=600)
+    assert [s.ttl(m) for m in ("own", "default", "pin")] == [30, 600, None]
+    assert Scheduler({}, specs).ttl("default") is None
+
+
 def test_next_deadline_names_the_earliest_of_ttl_drain_and_fairness() -> None:
     s = Scheduler({}, [ModelSpec("a", ("g",), ttl_s=30), ModelSpec("b", ("g",))], fairness_s=5, drain_timeout_s=7)
     assert s.next_deadline() is None

@@ -124,6 +124,10 @@ class Scheduler:
     def last_used(self, model: str) -> float:
         return self._models[model].last_used
 
+    def ttl(self, model: str) -> float | None:
+        """How long `model` may stay idle before it is unloaded (None: never; pinned models never)."""
+        return self._ttl(self._models[model])
+
     def waiting(self, request_id: int) -> Waiting | None:
         for state in self._models.values():
             since = state.waiters.get(request_id)

@@ -62,12 +62,16 @@ async function refreshModels() {
       el("span", { style: "width:" + Math.round(progress.value * 100) + "%" })) : "";
     const notes = [];
     if (model.peer) notes.push(el("span", { class: "peer" }, "on " + model.peer));
+    if (info.pinned) notes.push("pinned ");
+    if (info.idle_unload_in_s !== undefined) notes.push("idle: unloads in " + secs(info.idle_unload_in_s) + " ");
     if (info.last_error) notes.push(el("span", { class: "error" }, info.last_error.split("\n")[0]));
     if (info.last_eviction) notes.push(" evicted: " + info.last_eviction.cause);
     const actions = model.peer ? "" : el("span", {},
       el("button", { onclick: () => act("/models/load", model.id), disabled: status === "loaded" || status === "loading" ? "" : undefined }, "Load"),
       " ",
-      el("button", { onclick: () => act("/models/unload", model.id), disabled: status === "unloaded" ? "" : undefined }, "Unload"));
+      el("button", { onclick: () => act("/models/unload", model.id), disabled: status === "unloaded" ? "" : undefined }, "Unload"),
+      " ",
+      el("button", { onclick: () => pin(model.id, !info.pinned), title: "admin key" }, info.pinned ? "Unpin" : "Pin"));
     body.append(el("tr", { "data-model": model.id },
       el("td", {}, model.id),
       el("td", { class: "s-" + status, "data-status": status }, status + (info.phase && info.phase !== status ? " (" + info.phase + ")" : "")),
@@ -78,6 +82,7 @@ async function refreshModels() {
       el("td", {}, actions)));
   }
   renderMemory(health.memory || []);
+  sampleMemory(health.memory || []);
   setConn(true);
   if (list.data.some((m) => m.status && m.status.value === "loading")) setTimeout(refreshSoon, 1000);
 }
@@ -101,6 +106,28 @@ function renderMemory(devices) {
       el("div", {}, device.device + " (" + device.kind + "): " + gib(device.used) + " of " + gib(device.capacity) + ", free " + gib(device.free)),
       bar));
   }
+}
+
+// Memory over time: one sample of each device's used share per refresh (events, and every 5 s).
+const memorySamples = [];
+function sampleMemory(devices) {
+  const used = devices.filter((d) => d.capacity).map((d) => d.used / d.capacity);
+  if (!used.length) return;
+  memorySamples.push(Math.max(...used));
+  if (memorySamples.length > 120) memorySamples.shift();
+  const svg = $("memory-chart");
+  const points = memorySamples.map((v, i) => (i * 300) / 119 + "," + (58 - 56 * v).toFixed(1)).join(" ");
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", points);
+  const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+  title.textContent = "busiest device's memory in use, last " + memorySamples.length + " samples";
+  line.append(title);
+  svg.replaceChildren(line);
+}
+
+async function pin(model, pinned) {
+  try { await api("/admin/pin", { model, pinned }); } catch (error) { alert("pin " + model + ": " + error.message); }
+  refreshSoon();
 }
 
 async function act(path, model) {
@@ -273,4 +300,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("log-source").addEventListener("change", redrawLogs);
   refreshModels();
   follow();
+  setInterval(refreshModels, 5000);  // countdowns and the memory chart move between events too
 });

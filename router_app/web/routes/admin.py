@@ -1,6 +1,9 @@
-"""Admin routes (admin key only): `POST /admin/load {"model"}` and `POST /admin/unload {"model"?}`."""
+"""Admin routes (admin key only): `POST /admin/load {"model"}`, `POST /admin/unload {"model"?}` and
+`POST /admin/pin {"model", "pinned": true|false}` (until the router restarts)."""
 
 from __future__ import annotations
+
+import json
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
@@ -41,6 +44,23 @@ def admin_routes(ctx: RouterContext) -> APIRouter:
         except SwitchError as exc:
             return json_error(503, str(exc), "service_unavailable", code=exc.code)
         return JSONResponse({"loaded": model_id, **ctx.model_health(model_id)})
+
+    @router.post("/admin/pin")
+    async def admin_pin(request: Request) -> Response:
+        model_id, error = await requested_model(request, required=True)
+        if error is not None or model_id is None:
+            return error or json_error(400, "missing 'model'", "invalid_request_error")
+        try:
+            pinned = json.loads(await request.body()).get("pinned", True)
+        except (ValueError, AttributeError, RecursionError):
+            pinned = None
+        if not isinstance(pinned, bool):
+            return json_error(400, "'pinned' must be true or false", "invalid_request_error", param="pinned")
+        try:
+            await switcher.set_pinned(model_id, pinned)
+        except SwitchError as exc:
+            return json_error(503, str(exc), "service_unavailable", code=exc.code)
+        return JSONResponse({"model": model_id, "pinned": pinned, **ctx.model_health(model_id)})
 
     @router.post("/admin/unload")
     async def admin_unload(request: Request) -> Response:

@@ -79,4 +79,9 @@ class RouterContext:
             estimate = self.switcher.view.load_estimate(model_id)
             if estimate is not None:
                 data["median_load_s"] = round(estimate, 6)
+            if self.switcher.view.pinned(model_id):
+                data["pinned"] = True
+            idle = self.switcher.view.idle_unload_in(model_id)
+            if idle is not None:
+                data["idle_unload_in_s"] = round(idle, 1)
         return data
