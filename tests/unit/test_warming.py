@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -140,23 +141,27 @@ async def until(condition) -> None:
             delay = min(delay * 2, 0.05)
 
 
-async def test_a_wanted_newcomer_is_read_into_the_page_cache(cold_file: Path) -> None:
-    warmer = PageCacheWarmer(64 * MiB, chunk=MiB, meminfo=plenty, stall_pct=lambda: None)
-    warmer.set_models({"b": [cold_file]})
+@contextlib.asynccontextmanager
+async def warming(path: Path, budget: int = 64 * MiB, meminfo=plenty, stall_pct=lambda: None):
+    """A started warmer whose one model `b` is the file at `path`; stopped at the end."""
+    warmer = PageCacheWarmer(budget, chunk=MiB, meminfo=meminfo, stall_pct=stall_pct)
+    warmer.set_models({"b": [path]})
     warmer.start()
     try:
-        warmer.newcomers({"b"})
-        await until(lambda: resident_bytes(cold_file) >= 16 * MiB)
-        assert warmer.stats.read_bytes >= 15 * MiB
+        yield warmer
     finally:
         await warmer.stop()
 
 
+async def test_a_wanted_newcomer_is_read_into_the_page_cache(cold_file: Path) -> None:
+    async with warming(cold_file) as warmer:
+        warmer.newcomers({"b"})
+        await until(lambda: resident_bytes(cold_file) >= 16 * MiB)
+        assert warmer.stats.read_bytes >= 15 * MiB
+
+
 async def test_no_read_starts_while_an_engine_loads(cold_file: Path) -> None:
-    warmer = PageCacheWarmer(64 * MiB, chunk=MiB, meminfo=plenty, stall_pct=lambda: None)
-    warmer.set_models({"b": [cold_file]})
-    warmer.start()
-    try:
+    async with warming(cold_file) as warmer:
         with warmer.loading():
             warmer.newcomers({"b"})
             for _ in range(50):
@@ -164,8 +169,6 @@ async def test_no_read_starts_while_an_engine_loads(cold_file: Path) -> None:
             assert warmer.stats.reads == 0 and resident_bytes(cold_file) < MiB
         await until(lambda: resident_bytes(cold_file) >= 16 * MiB)
         assert warmer.stats.reads_during_loads == 0
-    finally:
-        await warmer.stop()
 
 
 async def test_memory_pressure_makes_it_wait_and_it_reads_once_memory_is_back(
@@ -173,46 +176,31 @@ async def test_memory_pressure_makes_it_wait_and_it_reads_once_memory_is_back(
 ) -> None:
     monkeypatch.setattr("router_app.memory.warming.BACKOFF_S", (0.01, 0.02))
     meminfo = {"MemTotal": 1000 * MiB, "MemAvailable": 50 * MiB}  # under a tenth: pressure
-    warmer = PageCacheWarmer(64 * MiB, chunk=MiB, meminfo=lambda: meminfo, stall_pct=lambda: None)
-    warmer.set_models({"b": [cold_file]})
-    warmer.start()
-    try:
+    async with warming(cold_file, meminfo=lambda: meminfo) as warmer:
         warmer.newcomers({"b"})
         await until(lambda: warmer.stats.backoffs >= 3)
         assert warmer.stats.reads == 0
         meminfo["MemAvailable"] = 500 * MiB
         await until(lambda: resident_bytes(cold_file) >= 16 * MiB)
-    finally:
-        await warmer.stop()
 
 
 async def test_memory_stalls_count_as_pressure(cold_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("router_app.memory.warming.BACKOFF_S", (0.01, 0.02))
     stall = [50.0]
-    warmer = PageCacheWarmer(64 * MiB, chunk=MiB, meminfo=plenty, stall_pct=lambda: stall[0])
-    warmer.set_models({"b": [cold_file]})
-    warmer.start()
-    try:
+    async with warming(cold_file, stall_pct=lambda: stall[0]) as warmer:
         warmer.newcomers({"b"})
         await until(lambda: warmer.stats.backoffs >= 2)
         assert warmer.stats.reads == 0
         stall[0] = 0.0
         await until(lambda: resident_bytes(cold_file) >= 16 * MiB)
-    finally:
-        await warmer.stop()
 
 
 async def test_a_model_over_the_budget_is_not_read(cold_file: Path) -> None:
-    warmer = PageCacheWarmer(8 * MiB, chunk=MiB, meminfo=plenty, stall_pct=lambda: None)
-    warmer.set_models({"b": [cold_file]})
-    warmer.start()
-    try:
+    async with warming(cold_file, budget=8 * MiB) as warmer:
         warmer.newcomers({"b"})
         for _ in range(50):
             await asyncio.sleep(0.002)
         assert warmer.stats.reads == 0 and warmer.chosen() == []
-    finally:
-        await warmer.stop()
 
 
 async def test_a_newcomer_interrupts_keeping_another_model_warm(tmp_path: Path) -> None:
