@@ -134,7 +134,7 @@ def cold_file(tmp_path: Path) -> Path:
 
 async def until(condition) -> None:
     """Poll with backoff; the bound only guards a hang."""
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         delay = 0.001
         while not condition():
             await asyncio.sleep(delay)
@@ -156,8 +156,8 @@ async def warming(path: Path, budget: int = 64 * MiB, meminfo=plenty, stall_pct=
 async def test_a_wanted_newcomer_is_read_into_the_page_cache(cold_file: Path) -> None:
     async with warming(cold_file) as warmer:
         warmer.newcomers({"b"})
-        await until(lambda: resident_bytes(cold_file) >= 16 * MiB)
-        assert warmer.stats.read_bytes >= 15 * MiB
+        await until(lambda: warmer.stats.read_bytes >= 16 * MiB)
+        assert resident_bytes(cold_file) >= 16 * MiB
 
 
 async def test_no_read_starts_while_an_engine_loads(cold_file: Path) -> None:
