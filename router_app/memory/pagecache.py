@@ -1,7 +1,11 @@
-"""The kernel's page cache as seen from user space: which files hold a model's weights, how much of them is cached
-(mincore), dropping them (posix_fadvise DONTNEED: no root needed) and reading them in (large sequential reads).
+"""The kernel's page cache as seen from user space: which files hold a model's weights, whether a range of them is
+cached, how much of a file is cached (mincore), dropping them (posix_fadvise DONTNEED: no root needed).
 
-Used by the page-cache warmer (`memory/warming.py`), the cold-load benchmark and the tests."""
+The warmer (`memory/warming.py`) asks `chunk_cached`: reads of a few pages with RWF_NOWAIT, which fail with EAGAIN
+where a page is not cached. It never uses mincore: since Linux 5.0 mincore reports every page of a file the caller
+may not write as cached (a side-channel fix, mm/mincore.c can_do_mincore), which is every weight file the router's
+user reads, and systemd's @system-service filter kills a process that calls it (SIGSYS). `resident_bytes`
+(mincore) serves the benchmark and the tests, which run as root."""
 
 from __future__ import annotations
 
@@ -69,16 +73,16 @@ def resident_bytes(path: Path) -> int:
     return min(resident_pages(path).count(1) * PAGE, path.stat().st_size)
 
 
-def missing_ranges(pages: bytes, chunk: int) -> list[tuple[int, int]]:
-    """(offset, length) runs of pages not cached, cut into reads of at most `chunk` bytes (a multiple of PAGE)."""
-    ranges: list[tuple[int, int]] = []
-    for run in re.finditer(rb"\x00+", pages):
-        offset, end = run.start() * PAGE, run.end() * PAGE
-        while offset < end:
-            length = min(chunk, end - offset)
-            ranges.append((offset, length))
-            offset += length
-    return ranges
+def chunk_cached(fd: int, offset: int, length: int, probe: bytearray) -> bool:
+    """Whether the range looks cached: its first, middle and last pages can be read without waiting for the disk
+    (preadv2 RWF_NOWAIT). A miss may start the kernel's readahead of that spot, so callers probe only where they
+    could read. `probe` is a page-sized buffer."""
+    for at in (offset, offset + length // 2, offset + length - 1):
+        try:
+            os.preadv(fd, [probe], at - at % PAGE, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return False
+    return True
 
 
 def drop(path: Path) -> None:

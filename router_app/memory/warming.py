@@ -2,7 +2,8 @@
 budget, and read a newcomer's files the moment its load is decided (while its victims drain), so that its engine
 reads them from memory instead of disk.
 
-One background task reads; it reads only pages mincore says are missing, in large sequential chunks, and
+One background task reads; it reads only the chunks that are not cached (pagecache.chunk_cached), in large
+sequential chunks, and
 
 - yields to loads: no read starts while an engine load is in progress (the engine's own reads come first);
 - backs off under memory pressure (MemAvailable under a reserve, or memory stalls in /proc/pressure/memory);
@@ -23,13 +24,13 @@ from pathlib import Path
 
 from router_app.config import ModelConfig
 from router_app.memory.estimate import command_option, weights_of
-from router_app.memory.pagecache import missing_ranges, resident_pages, weight_files
+from router_app.memory.pagecache import PAGE, chunk_cached, weight_files
 from router_app.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
 CHUNK = 16 * 1024**2  # one read; a load waits for at most one of these to finish
-RECHECK_S = 30.0  # how often the kept-warm files are checked again (pages other work pushed out)
+RECHECK_S = 60.0  # how often the kept-warm files are checked again (pages other work pushed out)
 BACKOFF_S = (1.0, 30.0)  # under memory pressure: first and longest wait before trying again
 PRESSURE_STALL_PCT = 10.0  # /proc/pressure/memory `some avg10` above this counts as pressure
 
@@ -229,20 +230,24 @@ class PageCacheWarmer:
                     return
 
     async def _warm_file(self, model: str, path: Path) -> bool:
-        """Read the file's missing pages; False when a newcomer came that is more urgent than `model`."""
+        """Read the file's chunks that are not cached; False when a newcomer came that is more urgent than `model`."""
         try:
-            pages = await asyncio.to_thread(resident_pages, path)
+            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
         except OSError as exc:
             self.stats.last_error = f"{path}: {exc.strerror or exc}"
             return True
-        ranges = missing_ranges(pages, self.chunk)
-        if not ranges:
-            return True
         urgent = model in self.wanted
-        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
         sink = os.open(os.devnull, os.O_WRONLY)
+        probe = bytearray(PAGE)
         try:
-            for offset, length in ranges:
+            size = os.fstat(fd).st_size
+            for offset in range(0, size, self.chunk):
+                length = min(self.chunk, size - offset)
+                await self._no_load.wait()  # even a probe may start the kernel's readahead
+                if not urgent and self.wanted:
+                    return False
+                if chunk_cached(fd, offset, length, probe):
+                    continue
                 await self._may_read()
                 if not urgent and self.wanted:
                     return False

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router_app.config import ModelConfig
-from router_app.memory.pagecache import PAGE, drop, missing_ranges, resident_bytes, resident_pages, weight_files
+from router_app.memory.pagecache import PAGE, chunk_cached, drop, resident_bytes, resident_pages, weight_files
 from router_app.memory.warming import Candidate, PageCacheWarmer, plan, warm_files
 
 MiB = 1024**2
@@ -61,17 +63,50 @@ def test_a_newcomer_comes_before_a_more_recent_model_and_a_big_one_gives_way_to_
     assert plan(models, 100) == ["newcomer", "older"]  # recent (60) no longer fits in 50, older (30) does
 
 
-@given(st.lists(st.booleans(), max_size=64), st.integers(1, 5))
-def test_missing_ranges_cover_exactly_the_uncached_pages_in_bounded_reads(cached: list[bool], pages: int) -> None:
-    chunk = pages * PAGE
-    ranges = missing_ranges(bytes(int(c) for c in cached), chunk)
-    covered = [False] * len(cached)
-    for offset, length in ranges:
-        assert offset % PAGE == 0 and 0 < length <= chunk and length % PAGE == 0
-        for page in range(offset // PAGE, (offset + length) // PAGE):
-            assert not covered[page]
-            covered[page] = True
-    assert covered == [not c for c in cached]
+def test_a_chunk_reads_as_cached_only_once_its_pages_are(tmp_path: Path) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(os.urandom(4 * MiB))
+    drop(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        probe = bytearray(PAGE)
+        assert not chunk_cached(fd, 2 * MiB, 2 * MiB, probe)
+        os.pread(fd, 2 * MiB, 2 * MiB)
+        assert chunk_cached(fd, 2 * MiB, 2 * MiB, probe)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to probe as another user")
+def test_the_probe_tells_the_truth_to_a_user_that_may_not_write_the_file_where_mincore_does_not() -> None:
+    """Linux 5.0+ mm/mincore.c: for a file the caller may not write, mincore says every page is cached. The router's
+    user only reads the weights: the warmer must not believe it."""
+    directory = Path(tempfile.mkdtemp(prefix="warm-", dir="/tmp"))
+    try:
+        directory.chmod(0o755)
+        path = directory / "weights.gguf"
+        path.write_bytes(os.urandom(4 * MiB))
+        path.chmod(0o644)
+        drop(path)
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:  # as nobody, with the modules already imported
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                fd = os.open(path, os.O_RDONLY)
+                answer = f"{resident_bytes(path)} {chunk_cached(fd, 0, 4 * MiB, bytearray(PAGE))}"
+                os.write(writer, answer.encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        os.waitpid(child, 0)
+        resident, cached = os.read(reader, 100).decode().split()
+        os.close(reader)
+        assert int(resident) == 4 * MiB, "mincore (Linux 5.0+) says a file this user may not write is cached"
+        assert cached == "False", "the RWF_NOWAIT probe sees it is not"
+    finally:
+        shutil.rmtree(directory)
 
 
 def test_weight_files_of_a_split_gguf_a_directory_and_a_missing_path(tmp_path: Path) -> None:
@@ -156,8 +191,8 @@ async def warming(path: Path, budget: int = 64 * MiB, meminfo=plenty, stall_pct=
 async def test_a_wanted_newcomer_is_read_into_the_page_cache(cold_file: Path) -> None:
     async with warming(cold_file) as warmer:
         warmer.newcomers({"b"})
-        await until(lambda: warmer.stats.read_bytes >= 16 * MiB)
-        assert resident_bytes(cold_file) >= 16 * MiB
+        await until(lambda: resident_bytes(cold_file) >= 16 * MiB)
+        assert warmer.stats.reads > 0  # some of it the kernel's readahead brought in after the warmer's reads
 
 
 async def test_no_read_starts_while_an_engine_loads(cold_file: Path) -> None:
