@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import mmap
 import os
 import re
@@ -73,15 +74,20 @@ def resident_bytes(path: Path) -> int:
     return min(resident_pages(path).count(1) * PAGE, path.stat().st_size)
 
 
-def chunk_cached(fd: int, offset: int, length: int, probe: bytearray) -> bool:
+def chunk_cached(fd: int, offset: int, length: int, probe: bytearray) -> bool | None:
     """Whether the range looks cached: its first, middle and last pages can be read without waiting for the disk
-    (preadv2 RWF_NOWAIT). A miss may start the kernel's readahead of that spot, so callers probe only where they
-    could read. `probe` is a page-sized buffer."""
+    (preadv2 RWF_NOWAIT). None where the file system cannot say (EOPNOTSUPP: no RWF_NOWAIT for buffered reads, e.g.
+    overlay or network file systems). A miss may start the kernel's readahead of that spot, so callers probe only
+    where they could read. `probe` is a page-sized buffer."""
     for at in (offset, offset + length // 2, offset + length - 1):
         try:
             os.preadv(fd, [probe], at - at % PAGE, os.RWF_NOWAIT)
         except BlockingIOError:
             return False
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return None
+            raise
     return True
 
 

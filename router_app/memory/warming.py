@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 CHUNK = 16 * 1024**2  # one read; a load waits for at most one of these to finish
 RECHECK_S = 60.0  # how often the kept-warm files are checked again (pages other work pushed out)
+# A file whose file system cannot say what is cached is read again for a model kept warm at most this often (a
+# newcomer's files are always read).
+BLIND_REREAD_S = 600.0
 BACKOFF_S = (1.0, 30.0)  # under memory pressure: first and longest wait before trying again
 PRESSURE_STALL_PCT = 10.0  # /proc/pressure/memory `some avg10` above this counts as pressure
 
@@ -145,6 +148,8 @@ class PageCacheWarmer:
         self._no_load.set()
         self._work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Files on a file system that cannot say what is cached (RWF_NOWAIT unsupported): when each was last read.
+        self._blind_reads: dict[Path, float] = {}
 
     # --- what the switcher tells it -------------------------------------------------------
 
@@ -241,12 +246,16 @@ class PageCacheWarmer:
         probe = bytearray(PAGE)
         try:
             size = os.fstat(fd).st_size
+            cached: bool | None = True
             for offset in range(0, size, self.chunk):
                 length = min(self.chunk, size - offset)
                 await self._no_load.wait()  # even a probe may start the kernel's readahead
                 if not urgent and self.wanted:
                     return False
-                if chunk_cached(fd, offset, length, probe):
+                cached = chunk_cached(fd, offset, length, probe)
+                if cached is None and not urgent and self._read_lately(path):
+                    return True  # the file system cannot tell what is cached: read it now and then only
+                if cached:
                     continue
                 await self._may_read()
                 if not urgent and self.wanted:
@@ -258,10 +267,16 @@ class PageCacheWarmer:
                 if self._metrics is not None:
                     self._metrics.page_cache_read.labels(model).inc(read)
                 self.stats.reads += 1
+            if cached is None:
+                self._blind_reads[path] = self._clock()
         finally:
             os.close(sink)
             os.close(fd)
         return True
+
+    def _read_lately(self, path: Path) -> bool:
+        last = self._blind_reads.get(path)
+        return last is not None and self._clock() - last < BLIND_REREAD_S
 
     async def _may_read(self) -> None:
         """Wait while an engine loads and while memory is under pressure (with a growing back-off)."""

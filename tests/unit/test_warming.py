@@ -264,3 +264,18 @@ async def test_a_newcomer_interrupts_keeping_another_model_warm(tmp_path: Path) 
         await until(lambda: resident_bytes(old) >= 64 * MiB)  # and the other model is finished afterwards
     finally:
         await warmer.stop()
+
+
+async def test_where_the_file_system_cannot_say_what_is_cached_a_newcomer_is_read_and_then_rarely_again(
+    cold_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RWF_NOWAIT unsupported (EOPNOTSUPP, seen in the Molecule containers): read a newcomer's files whole, and a
+    model kept warm at most every BLIND_REREAD_S, not at every pass."""
+    monkeypatch.setattr("router_app.memory.warming.chunk_cached", lambda *_: None)
+    async with warming(cold_file) as warmer:
+        warmer.newcomers({"b"})
+        await until(lambda: warmer.stats.reads == 16)
+        warmer.newcomers(set())  # the load ended: b is a model kept warm now, and a pass runs
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        assert warmer.stats.reads == 16 and warmer.stats.last_error is None
