@@ -21,7 +21,13 @@ from router_app.engines.adapters import adapter_for, control_client
 from router_app.engines.instance import EngineInstance
 from router_app.engines.slots import SlotBudget, SlotDir, SlotKeeper
 from router_app.engines.sockets import SocketDir
-from router_app.engines.supervisors import ProcessSupervisor, Supervisor, SystemdSupervisor, default_unit_name
+from router_app.engines.supervisors import (
+    JournalFollower,
+    ProcessSupervisor,
+    Supervisor,
+    SystemdSupervisor,
+    default_unit_name,
+)
 from router_app.events import EventHub, HubLogHandler
 from router_app.fleet import Fleet
 from router_app.live import Keys, Live, LiveConfig
@@ -76,6 +82,7 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
     client = control_client()
     sockets = SocketDir()
     kv_budget = SlotBudget(settings.kv_budget)
+    journal = JournalFollower()
 
     def make_runtime(conf: Config, model: ModelConfig) -> EngineInstance:
         supervisor = build_supervisor(conf, model.id)
@@ -86,8 +93,14 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         runtime = EngineInstance(
             model, adapter, supervisor, conf.router, metrics=metrics, sockets=sockets, slots=keeper
         )
-        if isinstance(supervisor, ProcessSupervisor):  # the console's live log (systemd units: their journal)
-            supervisor.on_line = lambda line: hub.publish("log", source=model.id, line=runtime.redact(line))
+
+        def engine_line(line: str) -> None:  # the console's live log
+            hub.publish("log", source=model.id, line=runtime.redact(line))
+
+        if isinstance(supervisor, ProcessSupervisor):
+            supervisor.on_line = engine_line
+        elif isinstance(supervisor, SystemdSupervisor):
+            journal.watch(supervisor.unit, engine_line)
         return runtime
 
     runtimes = {model.id: make_runtime(config, model) for model in config.models}
@@ -119,6 +132,7 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         logging.getLogger("router_app").addHandler(log_handler)
         await switcher.start()
         warmer.start()
+        journal.start()
         log.info(
             "llm-router %s serving %d model(s): %s%s",
             __version__,
@@ -141,6 +155,7 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
             if reloadable:
                 loop.remove_signal_handler(signal.SIGHUP)
             await warmer.stop()
+            await journal.close()
             await switcher.shutdown(stop_engines=settings.supervisor == "process")
             await upstream.close()
             await fleet.close()

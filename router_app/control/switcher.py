@@ -121,6 +121,7 @@ class Switcher:
         self._metrics = metrics
         self._before_evict = before_evict
         self._pins: dict[str, bool] = {}  # pinned or unpinned at run time (POST /admin/pin), over the config
+        self._estimates: dict[str, int | None] = {}  # by instance key: the footprint guessed from the files
         self.warmer = warmer
         self.events = events
         self.scheduler = Scheduler(
@@ -149,7 +150,14 @@ class Switcher:
         self._stopped: dict[str, asyncio.Event] = {}
         self._reloads = 0
         self.view = SwitchView(
-            self.scheduler, self.instances, self.current, self._load_started, self.history, memory, clock
+            self.scheduler,
+            self.instances,
+            self.current,
+            self._load_started,
+            self.history,
+            memory,
+            clock,
+            self._estimates,
         )
         self._statuses: dict[str, str] = {m: self.view.status(m) for m in self.current}
 
@@ -167,11 +175,12 @@ class Switcher:
         if enabled and memory is not None:
             learned = self.history.footprint(model.id, footprint_key(model))
             capacity = min((memory.capacities().get(d) or 0 for d in devices), default=0) or None
+            estimate = self._estimates[runtime.key] = estimate_footprint(model, capacity, len(devices))
             footprint = model.memory or (max(learned.values()) if learned else None)
             if footprint is not None and capacity is not None and model.memory is None:
                 footprint = min(footprint, capacity)  # learned: never "can never fit" because of a reserve
             if footprint is None:
-                footprint = estimate_footprint(model, capacity, len(devices))
+                footprint = estimate
                 estimated = footprint is not None
             asleep = self.history.get(model.id).sleep_footprint
             sleep_footprint = model.sleep_memory or (max(asleep.values()) if asleep else None)

@@ -29,8 +29,10 @@ class SwitchView:
         history: History,
         memory: MemoryModel | None,
         clock: Callable[[], float],
+        estimates: Mapping[str, int | None],
     ) -> None:
         self.scheduler = scheduler
+        self._estimates = estimates
         self._instances = instances
         self._current = current
         self._load_started = load_started
@@ -172,7 +174,10 @@ class SwitchView:
                 spec = self.scheduler.spec(key)
                 counted = spec.sleep_footprint if phase is Phase.SLEEPING else spec.footprint
                 held: dict[str, object] = {"model": model, "phase": phase.value}
-                held.update(measured=entry.get(name), counted=counted)
+                held.update(measured=entry.get(name), counted=counted, estimated=self._estimates.get(key))
+                held["counted_from"] = (
+                    "config" if runtime.model.memory else "estimate" if spec.estimated else "measurement"
+                )
                 if self._current.get(model) != key:
                     held["retiring"] = True
                 models.append(held)

@@ -109,6 +109,18 @@ def test_the_console_shows_and_steers_the_demo(demo, browser) -> None:
     resident = {held["model"] for device in health["memory"] for held in device["models"]}
     assert set(bars) == resident, "the memory bars are /health's"
 
+    # Under each bar, each resident model's measured and estimated footprint, as /health has them.
+    def gib(value: int | None) -> str:
+        return "?" if value is None else f"{value / 1024**3:.1f} GiB"
+
+    def legend_matches_health() -> bool:
+        held = next(h for d in httpx.get(router.url + "/health").json()["memory"] for h in d["models"])
+        shown = texts(browser, f'#memory ul.held li[data-model="{held["model"]}"]')
+        want = f"measured {gib(held['measured'])}, estimated {gib(held['estimated'])}"
+        return held["estimated"] is not None and bool(shown) and want in shown[0]
+
+    wait_until(legend_matches_health, "the measured and estimated footprints of /health under the bar", 20)
+
     # The log panel shows llama-server's lines as they are written.
     Select(browser.find_element(By.ID, "log-source")).select_by_value("tiny-a")
     wait_until(lambda: "llama" in "".join(texts(browser, "#log-lines")), "tiny-a's engine log", 20)

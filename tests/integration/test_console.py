@@ -96,6 +96,14 @@ def test_the_event_stream_tells_loads_log_lines_and_finished_requests(start_rout
 
     activity = httpx.get(router.url + "/console/activity").json()
     assert [r["model"] for r in activity["recent"]] == ["tiny-b", "tiny-a"] and activity["inflight"] == []
+
+    # The same lines as JSON, by source, the newest `lines` of them (what the Molecule verify reads under systemd).
+    logs = httpx.get(router.url + "/console/logs", params={"source": "tiny-a"}).json()["data"]
+    assert [e["line"] for e in logs] == engine_lines and {e["source"] for e in logs} == {"tiny-a"}
+    last = httpx.get(router.url + "/console/logs", params={"source": "tiny-a", "lines": 2}).json()["data"]
+    assert [e["line"] for e in last] == engine_lines[-2:]
+    refused = httpx.get(router.url + "/console/logs", params={"lines": "-1"})
+    assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
     reader.stop()
 
 
@@ -154,6 +162,7 @@ def test_keys_guard_the_console_and_only_their_labels_are_shown(
     assert httpx.get(router.url + "/ui").status_code == 200, "the page itself holds nothing"
     assert httpx.get(router.url + "/console/activity").status_code == 401
     assert httpx.get(router.url + "/console/events").status_code == 401
+    assert httpx.get(router.url + "/console/logs").status_code == 401
     two = {"Authorization": "Bearer sk-client-two"}
     reader = EventReader(router.url, two)
     chat(router.url, "tiny-a", headers=two)

@@ -144,6 +144,8 @@ def test_footprints_are_learned_from_rss_and_kept_across_restarts(start_router, 
     [entry] = router.health()["memory"][0]["models"]
     measured = entry["measured"]
     assert 2 * MiB < measured < 500 * MiB and entry["counted"] == measured
+    assert entry["counted_from"] == "measurement"
+    assert entry["estimated"] > 2 * MiB, "the estimate from the GGUF file stays beside the measurement"
     saved = json.loads((state / "models.json").read_text())["models"]["tiny-a"]
     assert saved["footprint"] == {"cpu": measured} and len(saved["load_times"]) == 1
     router.stop()

@@ -96,15 +96,20 @@ function renderMemory(devices) {
     for (const held of device.models) {
       const bytes = held.measured ?? held.counted ?? 0;
       bar.append(el("span", {
-        class: held.measured == null ? "estimated" : "",
+        class: held.counted_from === "estimate" ? "estimated" : "",
         style: "width:" + Math.max(1, (100 * bytes) / capacity).toFixed(1) + "%",
-        title: held.model + ": " + gib(held.measured) + " measured, " + gib(held.counted) + " counted",
+        title: held.model + ": " + gib(held.measured) + " measured, " + gib(held.estimated) + " estimated, " + gib(held.counted) + " counted",
         "data-model": held.model,
       }, held.model));
     }
+    // Each resident model's footprint as measured after its load beside the estimate from its files, and which of
+    // them (or the config's `memory`) the scheduler counts.
+    const legend = el("ul", { class: "held" }, ...device.models.map((held) => el("li", { "data-model": held.model },
+      held.model + (held.retiring ? " (retiring)" : "") + ": measured " + gib(held.measured) + ", estimated " +
+      gib(held.estimated) + ", counted " + gib(held.counted) + " from the " + (held.counted_from || "?"))));
     box.append(el("div", { class: "device", "data-device": device.device },
       el("div", {}, device.device + " (" + device.kind + "): " + gib(device.used) + " of " + gib(device.capacity) + ", free " + gib(device.free)),
-      bar));
+      bar, legend));
   }
 }
 

@@ -5,6 +5,8 @@
   (`request`) and requests in flight (`inflight`). It opens with a `snapshot` (requests in flight and the last
   finished ones), then the recent model, switch and log events (`?replay=0`: none), then each new event.
 - `GET /console/activity`: the requests in flight and the last finished ones.
+- `GET /console/logs?source=&lines=`: the recent log lines (`source`: `router` or a model's id), oldest first: the
+  process supervisor's engine output, or under systemd the engine units' journal.
 - `POST /console/requests/{id}/cancel`: end a request in flight as if its client had left (the engine stops
   generating). Who may: `router.model_control`, as for `/models/load` (checked in web.entry).
 
@@ -20,7 +22,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 
 from router_app.events import EventHub
@@ -96,6 +98,11 @@ def console_routes(ctx: RouterContext, hub: EventHub, activity: Activity) -> API
     @router.get("/console/activity")
     async def activity_report() -> dict[str, Any]:
         return activity.report()
+
+    @router.get("/console/logs")
+    async def logs(source: str | None = None, lines: int = Query(200, ge=1, le=10_000)) -> dict[str, Any]:
+        recent = [e for e in hub.recent(("log",)) if source is None or e.data.get("source") == source]
+        return {"data": [e.as_dict() for e in recent[-lines:]]}
 
     @router.post("/console/requests/{request_id}/cancel")
     async def cancel(request: Request, request_id: int) -> Response:
