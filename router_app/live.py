@@ -36,23 +36,36 @@ class Keys:
         if not self.client:
             return True
         return presented is not None and (
-            any(secrets.compare_digest(presented, key) for key in self.client)
-            or (self.admin is not None and secrets.compare_digest(presented, self.admin))
+            any(same_key(presented, key) for key in self.client)
+            or (self.admin is not None and same_key(presented, self.admin))
         )
 
     def label(self, presented: str | None) -> str:
         """Who a key is, never the key: `admin`, `<file>#<n>` for a client key, `-` without keys or key."""
         if presented is None:
             return "-"
-        if self.admin is not None and secrets.compare_digest(presented.encode(), self.admin.encode()):
+        if self.admin is not None and same_key(presented, self.admin):
             return "admin"
         for key, label in self._labels.items():
-            if secrets.compare_digest(presented.encode(), key.encode()):
+            if same_key(presented, key):
                 return label
         return "-"
 
     def admin_ok(self, presented: str | None) -> bool:
-        return self.admin is not None and presented is not None and secrets.compare_digest(presented, self.admin)
+        return self.admin is not None and presented is not None and same_key(presented, self.admin)
+
+
+def same_key(presented: str, key: str) -> bool:
+    """Whether a presented key is `key`, in constant time, whatever its bytes.
+
+    The presented key is a header value, which the ASGI server hands over as latin-1 text: encoding it back gives
+    the bytes the client sent, which a key file's UTF-8 key must equal. `secrets.compare_digest` refuses `str` with
+    non-ASCII characters (TypeError: a 500 for anyone who sends one), so both sides are compared as bytes."""
+    try:
+        sent = presented.encode("latin-1")
+    except UnicodeEncodeError:  # not from a header: compare its UTF-8
+        sent = presented.encode("utf-8", "surrogatepass")
+    return secrets.compare_digest(sent, key.encode("utf-8", "surrogatepass"))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
 
 from router_app.config import RouterSettings
@@ -99,7 +100,8 @@ class EntryPoint:
             return
         path = scope["path"]
         endpoint = ROUTES.get(path)
-        if scope["method"] not in ("POST", "PUT", "PATCH") and endpoint is None:
+        if endpoint is None and (scope["method"] not in ("POST", "PUT", "PATCH") or not self._routed(scope)):
+            # No body to read, or no route that takes one: FastAPI answers (404/405) without reading it.
             await self.app(scope, receive, send)
             return
         try:
@@ -133,6 +135,10 @@ class EntryPoint:
                     anthropic=is_anthropic_path(path),
                 )
         await response(scope, receive, send)
+
+    def _routed(self, scope: Scope) -> bool:
+        """Whether one of the app's routes takes this method and path."""
+        return any(route.matches(scope)[0] is Match.FULL for route in self.app.router.routes)
 
     def _size_error(self, path: str) -> Response:
         limit = self.settings.max_request_size

@@ -159,3 +159,43 @@ def test_bad_inputs_get_4xx(router) -> None:
     assert not failures, failures
     assert httpx.get(router.url + "/v1/chat/completions").status_code == 405
     assert router.health()["status"] == "ok"
+
+
+def test_keys_with_any_bytes_get_401_and_a_non_ascii_key_works(
+    start_router, llama_server_bin: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    """Defect 1 of issue 18: `secrets.compare_digest` on a `str` with a non-ASCII character raised (a 500 and a
+    traceback for anyone) on every route that checks a key."""
+    clients, admin = tmp_path / "clients.keys", tmp_path / "admin.key"
+    clients.write_text("sk-clé\n", encoding="utf-8")
+    admin.write_text("sk-admin\n")
+    router = start_router(
+        [llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "tiny-a")],
+        api_key_files=[str(clients)],
+        admin_key_file=str(admin),
+    )
+    routes = [("GET", "/v1/models"), ("GET", "/models"), ("GET", "/console/activity"), ("POST", "/admin/load")]
+    routes += [("POST", "/v1/chat/completions"), ("POST", "/models/load"), ("POST", "/admin/pin")]
+    for header in ("authorization", "x-api-key"):
+        for method, path in routes:
+            for value in (b"sk-\xe9", b"sk-\xff\xfe", "sk-clé".encode("latin-1")):
+                sent = b"Bearer " + value if header == "authorization" else value
+                answer = httpx.request(method, router.url + path, headers={header: sent}, json={"model": "tiny-a"})
+                assert answer.status_code == 401, (header, method, path, value, answer.text[:200])
+                assert answer.json()["error"]["type"] in ("authentication_error", "invalid_request_error")
+    # The key file's key, sent as its UTF-8 bytes, opens /v1.
+    utf8 = httpx.get(router.url + "/v1/models", headers={"authorization": b"Bearer " + "sk-clé".encode()})
+    assert utf8.status_code == 200 and utf8.json()["data"][0]["id"] == "tiny-a"
+    assert router.health()["status"] == "ok"
+
+
+def test_a_body_sent_to_no_route_is_not_read(router) -> None:
+    """Defect 3 of issue 18: the router read up to max_request_size (100 MiB) of a body before FastAPI answered
+    404/405. Now a path and method that no route takes are answered before the body is read."""
+    pid = router.proc.pid
+    before = memory_kib(pid)
+    for path in ("/nothing-here", "/health", "/v1/models"):
+        status, sent = send_big_body(router.port, path, 300 * MIB, chunked=True)
+        assert status in (404, 405) and sent < 64 * MIB, (path, status, sent)
+    grown = memory_kib(pid)["VmHWM"] - before["VmHWM"]
+    assert grown < 32 * 1024, f"peak RSS grew {grown} KiB"

@@ -189,6 +189,16 @@ def test_bad_model_path_fails_when_engine_exits(start_router, llama_server_bin, 
         [
             llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "tiny-a"),
             llama_model(llama_server_bin, tmp_path / "missing.gguf", "broken"),
+            # A secret on a command line that fails at once, which the router knows nothing of (defect 5 of issue
+            # 18: the whole command line reached the 503, /health, /running and /v1/models).
+            llama_model(
+                llama_server_bin,
+                models_dir / "tiny-a.gguf",
+                "bad-flag",
+                "--hf-token",
+                "hf_NotForClients",
+                "--no-such-flag",
+            ),
         ],
         load_timeout_s=3600,
     )
@@ -213,6 +223,13 @@ def test_bad_model_path_fails_when_engine_exits(start_router, llama_server_bin, 
         == "tiny-a"
     )
     assert next(m for m in router.health()["models"] if m["id"] == "broken")["state"] == "failed"
+    with pytest.raises(openai.APIStatusError) as failure:
+        client.chat.completions.create(model="bad-flag", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    message = failure.value.body["message"]
+    assert "invalid argument: --no-such-flag" in message and "starting llama-server" in message
+    assert "hf_NotForClients" not in message
+    for path in ("/health", "/health/all", "/health/bad-flag", "/running", "/v1/models", "/models"):
+        assert "hf_NotForClients" not in httpx.get(router.url + path).text, path
 
 
 def _engine_metrics(engine: httpx.Client) -> dict[str, float]:

@@ -78,7 +78,11 @@ class ProcessSupervisor:
         if self._proc is not None and self._proc.returncode is None:
             raise SupervisorError(f"{self.name}: already running as pid {self._proc.pid}")
         self._stopping = False
-        self._logs.append(f"[llm-router] starting: {' '.join(argv)}")
+        # The command line may hold secrets the router does not know of (a key in a flag, a token in a URL) and these
+        # lines reach clients in load errors and /health: only the program's name here, the rest in the router's own
+        # log at debug level.
+        self._logs.append(f"[llm-router] starting {Path(argv[0]).name} (its command line: the router's debug log)")
+        log.debug("%s: starting %s", self.name, " ".join(argv))
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
