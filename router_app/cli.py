@@ -40,6 +40,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from router_app.app import create_app
+    from router_app.web.http import BoundedHeadHttpToolsProtocol
 
     config = _load(args.config)
     settings = config.router
@@ -59,7 +60,12 @@ def serve(args: argparse.Namespace) -> None:
     actual_port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            app, log_config=None, access_log=settings.log_level == "debug", timeout_graceful_shutdown=5, lifespan="on"
+            app,
+            http=BoundedHeadHttpToolsProtocol,  # httptools with a bound on request heads (431 past 64 KiB)
+            log_config=None,
+            access_log=settings.log_level == "debug",
+            timeout_graceful_shutdown=5,
+            lifespan="on",
         )
     )
     logging.getLogger("router_app").info("llm-router listening on http://%s:%d/v1", host, actual_port)

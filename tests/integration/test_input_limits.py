@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from pathlib import Path
@@ -199,3 +200,51 @@ def test_a_body_sent_to_no_route_is_not_read(router) -> None:
         assert status in (404, 405) and sent < 64 * MIB, (path, status, sent)
     grown = memory_kib(pid)["VmHWM"] - before["VmHWM"]
     assert grown < 32 * 1024, f"peak RSS grew {grown} KiB"
+
+
+def send_big_header(port: int, size: int) -> tuple[int, bytes, int]:
+    """GET /health with one header of `size` bytes, sent until the router answers; (status, body, bytes sent)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: router\r\nX-Big: ")
+    answer = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                more = sock.recv(65536)
+            except OSError:
+                return
+            if not more:
+                return
+            answer.extend(more)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    sent = 0
+    try:
+        while sent < size and not answer:
+            sock.sendall(b"a" * MIB)
+            sent += MIB
+        if sent >= size:
+            sock.sendall(b"\r\n\r\n")
+    except OSError:  # the router closed the connection after answering
+        pass
+    reader.join(30)
+    sock.close()
+    head, _, body = bytes(answer).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body, sent
+
+
+def test_an_oversized_request_head_gets_431_without_being_held(router) -> None:
+    """Defect 2 of issue 18: httptools buffers a header whole and nothing bounded it: 128 MiB headers to /health
+    grew the router by the same and were answered 200."""
+    pid = router.proc.pid
+    before = memory_kib(pid)
+    status, body, sent = send_big_header(router.port, 128 * MIB)
+    assert status == 431 and json.loads(body)["error"]["code"] == "headers_too_large", (status, body[:200])
+    assert sent < 16 * MIB, f"the router read {sent} bytes of a head before refusing it"
+    grown = memory_kib(pid)["VmHWM"] - before["VmHWM"]
+    assert grown < 16 * 1024, f"peak RSS grew {grown} KiB"
+    # A head just under the bound, and the next request on a fresh connection, are served.
+    assert httpx.get(router.url + "/health", headers={"X-Big": "a" * 60_000}).status_code == 200
+    assert router.health()["status"] == "ok"
