@@ -6,6 +6,7 @@ Python work is what limits relay throughput (bench/stream_relay.py).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ from router_app.proxy import report
 from router_app.proxy.parse import Exchange
 from router_app.proxy.progress import OpenAIShape, Shape
 from router_app.proxy.upstream import UpstreamResponse
+from router_app.wire.sse import ChunkFactory
 
 MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 
@@ -32,6 +34,8 @@ async def relay(
     target = exchange.model_field()
     model_template = target.replace(b"\\", b"\\\\")
     engine_field: bytes | None = None
+    ids = _OneId(shape.factory) if isinstance(shape, OpenAIShape) else None
+    footer_written = False
     async for piece in upstream.iter_raw():
         if b"\r" in piece:
             piece = piece.replace(b"\r\n", b"\n")
@@ -44,10 +48,23 @@ async def relay(
             if b"[DONE]" in batch:
                 batch, found = shape.end.subn(b"", batch)
                 complete = complete or found > 0
+            assert ids is not None
+            ids.learn(batch)
             if report.USAGE_OBJECT.search(batch):
-                batch = b"".join(report.usage_block(exchange, block) for block in batch.split(b"\n\n") if block)
+                parts = []
+                for block in batch.split(b"\n\n"):
+                    if not block:
+                        continue
+                    out, last = report.usage_block(exchange, block)
+                    if last and exchange.client_wants_usage and not footer_written:
+                        # The usage chunk the client asked for is the stream's last: the speed report goes before.
+                        out = report.stream_footer(settings, exchange, shape) + out
+                        footer_written = True
+                    parts.append(out)
+                batch = b"".join(parts)
             if not batch:
                 continue
+            batch = ids.rewrite(batch)
         else:
             if not complete and shape.end.search(batch):
                 complete = True
@@ -70,5 +87,45 @@ async def relay(
             f"engine for {exchange.model.id} ended the stream early (it may have crashed; see GET /health)"
         )
     if openai:
-        footer = report.stream_footer(settings, exchange, shape)
+        footer = b"" if footer_written else report.stream_footer(settings, exchange, shape)
         yield footer + shape.closing()
+
+
+class _OneId:
+    """One `id` for every chunk of a chat/completions stream: where the router wrote chunks before the engine's
+    (status while waiting), the engine's id is rewritten to the router's; otherwise the router's later chunks (the
+    speed report) take the engine's."""
+
+    def __init__(self, factory: ChunkFactory) -> None:
+        self.factory = factory
+        self.found = False
+        self._engine_field: re.Pattern[bytes] | None = None
+        self._router_field = b""
+
+    def learn(self, batch: bytes) -> None:
+        if self.found:
+            return
+        for block in batch.split(b"\n\n"):
+            if not block.startswith(b"data:") or block.startswith(b"data: [DONE]"):
+                continue
+            try:
+                data = json.loads(block[5:])
+            except ValueError:
+                continue
+            if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+                continue
+            self.found = True
+            engine_id = data["id"]
+            if engine_id == self.factory.id:
+                return
+            if self.factory.written:
+                self._engine_field = re.compile(rb'"id"\s*:\s*' + re.escape(json.dumps(engine_id).encode()))
+                self._router_field = b'"id":' + json.dumps(self.factory.id).encode()
+            else:
+                self.factory.id = engine_id
+            return
+
+    def rewrite(self, batch: bytes) -> bytes:
+        if self._engine_field is None:
+            return batch
+        return self._engine_field.sub(self._router_field, batch)

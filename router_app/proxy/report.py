@@ -83,23 +83,25 @@ def unary_footer(settings: RouterSettings, exchange: Exchange, content: bytes) -
     return json.dumps(data, ensure_ascii=False).encode()
 
 
-def usage_block(exchange: Exchange, block: bytes) -> bytes:
-    """One chat/completions event, terminated; a usage event is recorded, and dropped or trimmed unless asked."""
+def usage_block(exchange: Exchange, block: bytes) -> tuple[bytes, bool]:
+    """One chat/completions event, terminated, and whether it is the stream's usage chunk (usage, no choices): a
+    usage event is recorded, and dropped or trimmed unless asked."""
     if not block.startswith(b"data") or not USAGE_OBJECT.search(block):
-        return block + b"\n\n"
+        return block + b"\n\n", False
     try:
         data = json.loads(block[block.index(b":") + 1 :].strip())
     except ValueError:
-        return block + b"\n\n"
+        return block + b"\n\n", False
     if not isinstance(data, dict):
-        return block + b"\n\n"
+        return block + b"\n\n", False
     take_usage(exchange, data)
+    last = not data.get("choices")
     if exchange.client_wants_usage:
-        return block + b"\n\n"
-    if not data.get("choices"):
-        return b""
+        return block + b"\n\n", last
+    if last:
+        return b"", last
     data.pop("usage", None)
-    return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n", last
 
 
 def observe_usage(exchange: Exchange, batch: bytes) -> None:

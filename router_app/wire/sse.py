@@ -32,15 +32,21 @@ def error_event(message: str, type_: str = "service_unavailable", code: str | in
 
 
 class ChunkFactory:
-    """Chunks shaped like the endpoint's own stream (chat or legacy completions)."""
+    """Chunks shaped like the endpoint's own stream (chat or legacy completions).
+
+    Every chunk has a `choices[0]` (OpenAI's own quickstart loop reads `chunk.choices[0].delta`), and all share one
+    `id`: the router's while it waits for an engine, which the relay then gives the engine's chunks too, or, when
+    the engine answered first, the engine's (`adopt_id`)."""
 
     def __init__(self, model: str, chat: bool) -> None:
         self.model = model
         self.chat = chat
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-router-{time.time_ns():x}"
         self.object = "chat.completion.chunk" if chat else "text_completion"
+        self.written = False  # a chunk with `self.id` has been written to the client
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        self.written = True
         return event(
             {
                 "id": self.id,
@@ -55,7 +61,11 @@ class ChunkFactory:
     def status(self, style: StatusStyle, description: str, done: bool) -> bytes:
         """A progress line in the requested style (empty for `none`)."""
         if style is StatusStyle.OPENWEBUI:
-            return self._chunk([], event={"type": "status", "data": {"description": description, "done": done}})
+            # Open-WebUI reads `event` before it looks at the choices (middleware.py of 0.12.4); the empty choice
+            # keeps `choices[0]` valid for every other client.
+            return self._chunk(
+                [self._empty()], event={"type": "status", "data": {"description": description, "done": done}}
+            )
         if style is StatusStyle.REASONING and self.chat:
             return self._chunk(
                 [{"index": 0, "delta": {"reasoning_content": description + "\n"}, "finish_reason": None}]
@@ -63,6 +73,11 @@ class ChunkFactory:
         if style is StatusStyle.CONTENT:
             return self.text(STATUS_PREFIX + description + "\n")
         return comment(description)
+
+    def _empty(self) -> dict[str, Any]:
+        if self.chat:
+            return {"index": 0, "delta": {}, "finish_reason": None}
+        return {"index": 0, "text": "", "finish_reason": None}
 
     def text(self, text: str) -> bytes:
         if self.chat:

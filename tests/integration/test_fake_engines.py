@@ -136,7 +136,7 @@ def test_sglang_health_503_while_loading_then_memory_release(start_router) -> No
     )
     client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
     chunks = list(chat(client, "s1", stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "tok0 tok1 tok2 "
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "tok0 tok1 tok2 "
     assert chat(client, "s2").model == "s2"
     assert stats(router, "Qwen/Qwen2.5-7B")["sleeps"] == 1
     assert chat(client, "Qwen/Qwen2.5-7B").model == "Qwen/Qwen2.5-7B"
@@ -260,9 +260,9 @@ def test_reasoning_style_status(start_router) -> None:
     router = start_router([fake_model("sglang", "s1")], status_style="reasoning")
     client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused")
     chunks = list(chat(client, "s1", stream=True))
-    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks)
     assert "Loading s1" in reasoning and "loaded in" in reasoning
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "tok0 tok1 tok2 "
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "tok0 tok1 tok2 "
 
 
 def test_remote_openai_endpoint_passthrough(start_router, key_file) -> None:

@@ -51,7 +51,7 @@ def test_models_listed_and_switch_streams_status(start_router, two_models) -> No
     stream = client.chat.completions.create(
         model="tiny-a", messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True
     )
-    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    text = "".join(c.choices[0].delta.content or "" for c in stream)
     assert text.strip() and text.isprintable()
     assert router.health()["current"] == ["tiny-a"]
 
@@ -109,8 +109,8 @@ def test_concurrent_clients_alternating_models(start_router, two_models) -> None
                 model=model, messages=[{"role": "user", "content": "x"}], max_tokens=4, stream=True
             )
         )
-        models = {c.model for c in chunks if c.choices}
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        models = {c.model for c in chunks}
+        assert "".join(c.choices[0].delta.content or "" for c in chunks)
         return model if models == {model} else f"wrong model {models} for {model}"
 
     with ThreadPoolExecutor(8) as pool:
@@ -418,3 +418,37 @@ def test_an_engine_that_logs_its_key_and_dies_shows_its_logs_without_the_key(sta
     assert "api_key='***'" in answer.text and "sk-engine-secret" not in answer.text
     listed = httpx.get(router.url + "/v1/models").json()["data"][0]["status"]
     assert listed["failed"] and "***" in listed["error"] and "sk-engine-secret" not in json.dumps(listed)
+
+
+def test_a_client_that_knows_nothing_of_us_sees_openais_stream(start_router, two_models) -> None:
+    """Defects 6-8 of issue 18, with the official SDK's plainest loops: every chunk has a `choices[0]` (the status
+    lines while a switch waits and the speed report were `choices: []` chunks: IndexError in OpenAI's quickstart),
+    the usage chunk a client asks for is the last one (the speed report came after it), and one stream has one id
+    (it had the engine's and `chatcmpl-router-…`). Open-WebUI's status lines are still there, in `event`."""
+    router = start_router(two_models)
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="unused", max_retries=0)
+    hello = [{"role": "user", "content": "hello"}]
+    # Each request switches models, so each stream has the router's status chunks before the engine's.
+    for model, usage in (("tiny-a", False), ("tiny-b", False), ("tiny-a", True), ("tiny-b", True)):
+        options = {"stream_options": {"include_usage": True}} if usage else {}
+        stream = client.chat.completions.create(model=model, messages=hello, max_tokens=6, stream=True, **options)
+        chunks = list(stream)
+        body = chunks[:-1] if usage else chunks
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in body)  # the quickstart's loop
+        assert text.strip(), (model, usage)
+        events = [c.model_dump()["event"]["data"] for c in chunks if "event" in c.model_dump()]
+        assert events[0]["done"] is False and "tok/s" in events[-1]["description"], (model, usage, events)
+        assert len({chunk.id for chunk in chunks}) == 1, (model, usage, {chunk.id for chunk in chunks})
+        assert {chunk.model for chunk in chunks} == {model}
+        if usage:
+            assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6, chunks[-1]
+            assert all(chunk.usage is None for chunk in body), "usage only in the last chunk"
+        else:
+            assert all(chunk.usage is None for chunk in chunks)
+
+    # Legacy completions: `choice.text` of every chunk, one id; a resident model's stream (no waiting) too.
+    for model in ("tiny-a", "tiny-a"):
+        chunks = list(client.completions.create(model=model, prompt="Once", max_tokens=4, stream=True))
+        assert "".join(chunk.choices[0].text for chunk in chunks) and len({c.id for c in chunks}) == 1
+    resident = list(client.chat.completions.create(model="tiny-a", messages=hello, max_tokens=4, stream=True))
+    assert len({c.id for c in resident}) == 1 and not resident[0].id.startswith("chatcmpl-router")

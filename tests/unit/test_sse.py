@@ -15,7 +15,9 @@ def payload(chunk: bytes) -> dict:
 
 def test_openwebui_status_chunk_shape() -> None:
     data = payload(ChunkFactory("m", chat=True).status(StatusStyle.OPENWEBUI, "Loading m… 3 s", done=False))
-    assert data["choices"] == [] and data["model"] == "m"
+    assert data["choices"] == [{"index": 0, "delta": {}, "finish_reason": None}] and data["model"] == "m"
+    legacy = payload(ChunkFactory("m", chat=False).status(StatusStyle.OPENWEBUI, "Loading", done=True))
+    assert legacy["choices"] == [{"index": 0, "text": "", "finish_reason": None}]
     assert data["event"] == {"type": "status", "data": {"description": "Loading m… 3 s", "done": False}}
 
 
