@@ -135,6 +135,9 @@ class RouterSettings(Strict):
     systemctl: list[str] = Field(default_factory=lambda: ["systemctl"], min_length=1)
     api_key_files: list[Path] = Field(default_factory=list)
     admin_key_file: Path | None = None
+    # Without client keys, only requests whose Host is one of these (or a loopback name) are served: a web page
+    # cannot reach the router through DNS rebinding. "*": any host.
+    allowed_hosts: list[str] = Field(default_factory=list)
     log_lines: Annotated[int, Field(ge=1, le=10000)] = 200
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     memory: MemorySettings = Field(default_factory=MemorySettings)

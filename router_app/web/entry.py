@@ -3,6 +3,7 @@ straight to the proxy and everything else to the FastAPI app."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from fastapi import FastAPI, Request
@@ -69,6 +70,25 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 MODEL_CONTROL = ("/models/load", "/models/unload")
 
 
+def is_loopback(name: str) -> bool:
+    """`localhost` or a loopback address (127.0.0.0/8, ::1)."""
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port and brackets, lower case: `[::1]:8002` → `::1`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    name, colon, port = host.rpartition(":")
+    return name if colon and port.isdigit() else host
+
+
 class EntryPoint:
     """The ASGI app uvicorn runs: the size limit and auth for every request, then the proxied routes straight to
     the proxy (the hot path skips FastAPI's routing and middleware layers: measured in bench/latency.py),
@@ -92,7 +112,9 @@ class EntryPoint:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive, send)
-        denial = self._check(request)
+        denial = self._cross_site(request) if not self.keys.client else None
+        if denial is None:
+            denial = self._check(request)
         if denial is None:
             denial = self._too_large(request)
         if denial is not None:
@@ -155,6 +177,33 @@ class EntryPoint:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.settings.max_request_size:
             return self._size_error(request.scope["path"])
+        return None
+
+    def _cross_site(self, request: Request) -> Response | None:
+        """A router without client keys would obey any web page its users open: a foreign `Host` (DNS rebinding)
+        is refused, and so is a body that is not JSON, the only type a page may send cross-site without the
+        browser asking first (a CORS preflight, which the router never grants)."""
+        host = host_name(request.headers.get("host", ""))
+        allowed = self.settings.allowed_hosts
+        if host and not is_loopback(host) and "*" not in allowed and host not in {h.lower() for h in allowed}:
+            return json_error(
+                403,
+                f"host {host!r} not allowed: a router without client keys answers only loopback names and "
+                "router.allowed_hosts (or set router.api_key_files)",
+                "permission_error",
+                code="host_not_allowed",
+                anthropic=is_anthropic_path(request.scope["path"]),
+            )
+        if request.scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != "application/json":
+                return json_error(
+                    415,
+                    "send Content-Type: application/json (a router without client keys takes no other body type)",
+                    "invalid_request_error",
+                    code="unsupported_media_type",
+                    anthropic=is_anthropic_path(request.scope["path"]),
+                )
         return None
 
     def _check(self, request: Request) -> Response | None:

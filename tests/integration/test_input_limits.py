@@ -32,7 +32,7 @@ def send_big_body(port: int, path: str, size: int, chunked: bool) -> tuple[int, 
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     framing = b"Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {size}\r\n".encode()
     sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n".encode() + framing + b"\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode() + framing + b"\r\n"
     )
     answer = bytearray()
 
@@ -146,7 +146,8 @@ BAD_INPUTS = [
 def test_bad_inputs_get_4xx(router) -> None:
     """Every row answers 4xx; llama-server itself answers 500 to some of them (tools "x", lone surrogates,
     /v1/messages without messages, detokenize of a string), so the router checks those first."""
-    deep = httpx.post(router.url + "/v1/chat/completions", content=nested(100_000), timeout=60)
+    json_type = {"Content-Type": "application/json"}
+    deep = httpx.post(router.url + "/v1/chat/completions", content=nested(100_000), headers=json_type, timeout=60)
     assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
     failures = []
     for path, body in BAD_INPUTS:
@@ -205,7 +206,7 @@ def test_a_body_sent_to_no_route_is_not_read(router) -> None:
 def send_big_header(port: int, size: int) -> tuple[int, bytes, int]:
     """GET /health with one header of `size` bytes, sent until the router answers; (status, body, bytes sent)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.sendall(b"GET /health HTTP/1.1\r\nHost: router\r\nX-Big: ")
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
     answer = bytearray()
 
     def read() -> None:
@@ -248,3 +249,37 @@ def test_an_oversized_request_head_gets_431_without_being_held(router) -> None:
     # A head just under the bound, and the next request on a fresh connection, are served.
     assert httpx.get(router.url + "/health", headers={"X-Big": "a" * 60_000}).status_code == 200
     assert router.health()["status"] == "ok"
+
+
+def test_a_keyless_router_refuses_what_a_web_page_could_send(router) -> None:
+    """Defect 4 of issue 18: a router without keys on 127.0.0.1 acted on a cross-site `text/plain` POST (a page
+    may send one without the browser asking the router first) and answered a foreign Host (DNS rebinding)."""
+    body = '{"model":"tiny-a"}'
+    for path in ("/models/load", "/v1/tokenize", "/v1/chat/completions", "/models/unload"):
+        for media in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+            headers = {"Content-Type": media} if media else {}
+            answer = httpx.post(router.url + path, content=body, headers=headers)
+            assert answer.status_code == 415, (path, media, answer.status_code, answer.text[:200])
+            assert answer.json()["error"]["code"] == "unsupported_media_type"
+    assert router.health()["current"] == [], "nothing was loaded"
+    rebound = httpx.get(router.url + "/v1/models", headers={"Host": "attacker.example:8002"})
+    assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "host_not_allowed"
+    for host in ("localhost:8002", "127.0.0.1", "[::1]:8002", "LOCALHOST"):
+        assert httpx.get(router.url + "/v1/models", headers={"Host": host}).status_code == 200, host
+    load = httpx.post(router.url + "/models/load", json={"model": "tiny-a"})  # JSON, as every SDK sends
+    assert load.status_code == 200, load.text
+
+
+def test_allowed_hosts_and_keys_open_the_router_to_other_names(
+    start_router, llama_server_bin: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    model = llama_model(llama_server_bin, models_dir / "tiny-a.gguf", "tiny-a")
+    listed = start_router([model], allowed_hosts=["gpu-box.lan"])
+    assert httpx.get(listed.url + "/v1/models", headers={"Host": "gpu-box.lan:8002"}).status_code == 200
+    assert httpx.get(listed.url + "/v1/models", headers={"Host": "other.lan"}).status_code == 403
+    listed.stop()
+    keys = tmp_path / "clients.keys"
+    keys.write_text("sk-one\n")
+    keyed = start_router([model], api_key_files=[str(keys)])
+    auth = {"Authorization": "Bearer sk-one", "Host": "gpu-box.lan"}
+    assert httpx.get(keyed.url + "/v1/models", headers=auth).status_code == 200, "keys guard a keyed router"
