@@ -185,5 +185,5 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
         console_routes(context, hub, activity),
     ):
         app.include_router(router)
-    entry = EntryPoint(app, proxy, live)
+    entry = EntryPoint(app, proxy, live, shutting_down=context.shutting_down)
     return entry

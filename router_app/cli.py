@@ -40,7 +40,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from router_app.app import create_app
-    from router_app.web.http import BoundedHeadHttpToolsProtocol
+    from router_app.web.http import BoundedHeadHttpToolsProtocol, GracefulServer
 
     config = _load(args.config)
     settings = config.router
@@ -58,15 +58,16 @@ def serve(args: argparse.Namespace) -> None:
         raise SystemExit(2) from None
     sock = _bind(host, port)
     actual_port = sock.getsockname()[1]
-    server = uvicorn.Server(
+    server = GracefulServer(
         uvicorn.Config(
             app,
             http=BoundedHeadHttpToolsProtocol,  # httptools with a bound on request heads (431 past 64 KiB)
             log_config=None,
             access_log=settings.log_level == "debug",
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
             lifespan="on",
-        )
+        ),
+        app.shutting_down,
     )
     logging.getLogger("router_app").info("llm-router listening on http://%s:%d/v1", host, actual_port)
     server.run(sockets=[sock])  # uvicorn's loop factory: uvloop when installed

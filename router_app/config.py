@@ -148,6 +148,9 @@ class RouterSettings(Strict):
     idle_ttl_s: PositiveSeconds | None = None
     # Load times and learned footprints survive restarts here (null: kept in memory only).
     state_dir: Path | None = None
+    # On SIGTERM the router stops accepting and lets the answers in flight finish for at most this long, then
+    # cuts the rest (the role's unit waits this long plus a margin before it kills the router).
+    shutdown_grace_s: PositiveSeconds = 120
     # Largest request body accepted (413 above it, before the rest is read); vision requests carry base64 images.
     max_request_size: Annotated[int, BeforeValidator(parse_size), Field(ge=1024)] = 100 * 1024**2
     # Who may call POST /models/load and /models/unload (llama.cpp router-mode API, Open-WebUI's load and

@@ -25,7 +25,9 @@ from router_app.memory.warming import warm_files
 log = logging.getLogger(__name__)
 
 # router: keys that only a restart changes (listen socket, supervisor, memory source, state).
-RESTART_ONLY = ("host", "port", "supervisor", "systemctl", "memory", "state_dir", "log_level", "log_lines")
+RESTART_ONLY = (
+    "host", "port", "supervisor", "systemctl", "memory", "state_dir", "log_level", "log_lines", "shutdown_grace_s",
+)  # fmt: skip
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The HTTP/1.1 protocol uvicorn runs for the router: its httptools protocol with a bound on a request's head.
+"""How uvicorn serves the router: its httptools protocol with a bound on a request's head, and a graceful shutdown.
 
 httptools (llhttp) buffers a header line whole before it calls back and has no limit of its own, nor does uvicorn
 for it: two 128 MiB headers to `GET /health` took the router from 85 to 456 MiB and were answered 200. Here the
@@ -9,8 +9,11 @@ router holds at most the bound plus one read of the socket.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # nginx's default allows 4 × 8 KiB header lines, Node 16 KiB in all: 64 KiB is generous for any API client.
@@ -55,3 +58,17 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
             + body
         )
         self.transport.close()
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server that tells the app when its shutdown begins (SIGTERM: it stops accepting, then waits up to
+    `timeout_graceful_shutdown`, `router.shutdown_grace_s`, for the responses in flight before it cuts them), so
+    that the endless status streams (`/models/sse`, `/console/events`) end instead of holding it to the bound."""
+
+    def __init__(self, config: uvicorn.Config, shutting_down: asyncio.Event) -> None:
+        super().__init__(config)
+        self._shutting_down = shutting_down
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._shutting_down.set()
+        await super().shutdown(sockets)

@@ -29,10 +29,15 @@ class DisconnectAwareStreamingResponse(StreamingResponse):
         *,
         on_close: Callable[[], None],
         farewell: Callable[[], bytes | None] | None = None,
+        until: asyncio.Event | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(content, **kwargs)
         self._on_close = on_close
+        # An endless stream (status feeds) ends, properly, once this is set: the server is shutting down and waits
+        # for every response to finish.
+        self._until = until
+        self._ended = False
         # After a disconnect that was not the client's (an operator's cancel, proxy.activity): the last bytes to send
         # before ending the body properly, or None when the client really left.
         self._farewell = farewell
@@ -45,7 +50,15 @@ class DisconnectAwareStreamingResponse(StreamingResponse):
                     await self.stream_response(send)
                     group.cancel_scope.cancel()
 
+                async def end_when_told() -> None:
+                    assert self._until is not None
+                    await self._until.wait()
+                    self._ended = True
+                    group.cancel_scope.cancel()
+
                 group.start_soon(stream_then_stop)
+                if self._until is not None:
+                    group.start_soon(end_when_told)
                 await self.listen_for_disconnect(receive)
                 group.cancel_scope.cancel()
         finally:
@@ -54,7 +67,7 @@ class DisconnectAwareStreamingResponse(StreamingResponse):
                 with anyio.CancelScope(shield=True):
                     await aclose()
             self._on_close()
-        last = self._farewell() if self._farewell is not None else None
+        last = b"" if self._ended else self._farewell() if self._farewell is not None else None
         if last is not None:
             with contextlib.suppress(Exception):  # the client may have left meanwhile after all
                 await send({"type": "http.response.body", "body": last, "more_body": False})

@@ -93,6 +93,7 @@ def console_routes(ctx: RouterContext, hub: EventHub, activity: Activity) -> API
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             on_close=subscription.close,
+            until=ctx.shutting_down,
         )
 
     @router.get("/console/activity")

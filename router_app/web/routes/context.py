@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ class RouterContext:
     metrics: RouterMetrics
     fleet: Fleet | None = None
     started: float = field(default_factory=time.time)
+    # Set when the server starts its graceful shutdown: endless streams (/models/sse, /console/events) end.
+    shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def config(self) -> Config:

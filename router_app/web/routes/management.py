@@ -127,6 +127,7 @@ def management_routes(ctx: RouterContext, is_admin: Callable[[Request], bool]) -
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             on_close=unsubscribe,
+            until=ctx.shutting_down,
         )
 
     return router
