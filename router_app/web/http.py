@@ -26,24 +26,34 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = MAX_HEAD_BYTES
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
-        self._head_complete = False
+        self._head_complete = False  # the current request's head is complete: its body, if any, is arriving
+        self._heads = 0  # heads completed on this connection
+        self._messages = 0  # requests (head and body) completed on this connection
         self._head_bytes = 0
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        in_head = not self._head_complete
+        heads, messages = self._heads, self._messages
         super().data_received(data)
-        if in_head and not self._head_complete and not self.transport.is_closing():
+        # Counted only while one head stays incomplete: bytes that completed a head or a request are not part of the
+        # next head, which starts within this read at most.
+        if (
+            (heads, messages) == (self._heads, self._messages)
+            and not self._head_complete
+            and not self.transport.is_closing()
+        ):
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
                 self._refuse_head()
 
     def on_headers_complete(self) -> None:
         self._head_complete = True
+        self._heads += 1
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self._messages += 1
         self._head_complete = False  # the next request on this connection starts with its head
         self._head_bytes = 0
 
