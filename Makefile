@@ -17,6 +17,7 @@ help:
 	@echo "make check-engine-code - vLLM/SGLang parsers on every rendered argv, real vLLM (CPU) behind the router (part of make test)"
 	@echo "make check-engine-code-lanes - the same parser checks for the older engine lanes (vLLM 0.19.1, SGLang 0.5.10.post1)"
 	@echo "make bench  - benchmarks; writes docs/benchmarks.md from one full run of a committed tree"
+	@echo "make soak   - 30 min under 32 clients and injected faults; writes docs/reliability.md (soak-ci: 3 min)"
 	@echo "make mutation - mutmut over the pure scheduling policy; fails below a 90 % score (not in test)"
 	@echo "make gpu-smoke - on a real NVIDIA host: converge the role, one small model per engine (not in test)"
 	@echo "make gpu-check-bundle - .gpu-check/ (llama.cpp source + router wheels, <64 MiB) for scripts/gpu_check.sh on a lent GPU machine"
@@ -114,6 +115,17 @@ e2e: $(STAMP) llama-server
 	read -r chromium driver < <(scripts/chromium.sh); \
 	OPENWEBUI_VENV="$$venv" LLAMA_SERVER_BIN="$$llama_bin" LLM_ROUTER_E2E=1 CHROMIUM_BIN="$$chromium" \
 		CHROMEDRIVER="$$driver" $(BIN)/python -m pytest tests/e2e -v -p no:cacheprovider
+
+# The soak (bench/soak.py): SOAK_MINUTES (30) under 32 clients with a fault every few seconds; writes
+# docs/reliability.md. `make soak-ci` is its 3-minute version, which writes nothing.
+.PHONY: soak soak-ci
+SOAK_MINUTES ?= 30
+soak: $(STAMP) llama-server
+	LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" SOAK_MINUTES=$(SOAK_MINUTES) SOAK_WRITE=1 \
+		$(BIN)/python bench/soak.py
+
+soak-ci: $(STAMP) llama-server
+	LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" SOAK_MINUTES=3 $(BIN)/python bench/soak.py
 
 # Benchmarks (not part of `make test`): writes docs/benchmarks.md.
 bench: $(STAMP) llama-server

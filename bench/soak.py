@@ -1,0 +1,508 @@
+"""`make soak`: the router for SOAK_MINUTES (30) under SOAK_CLIENTS (32) clients and a fault every few seconds.
+
+Three tiny llama.cpp models on router A (a and b fit together under a declared 260 MiB budget, c evicts both), a
+model whose engine hangs while loading (`hang`: load timeout), and router B, a fleet peer, serving model p. Every
+client loops over every API (chat and legacy completions, Responses, Anthropic Messages; streamed and not) on a
+random model, and walks away from some streams. Faults, at random every 3-6 s: SIGKILL of an engine (mid-stream where
+one streams), a request for `hang`, a SIGHUP reload that changes model c, a client that leaves mid-stream, router B
+killed and restarted, router A restarted (SIGTERM, graceful) while its clients keep sending.
+
+Each request must end in a complete answer from the model asked for, or a clean error in its API's shape, within
+its bound: never a silent truncation, a wrong model or a hang. At the end: no engine process left behind, router A's
+RSS and open file descriptors (idle, the last router process against the first) within 10 %, its memory accounting
+back to zero once every model is unloaded, and every ERROR line of its log explained by an injected fault.
+
+SOAK_MINUTES=3 is the CI version (`make soak-ci`, part of `make test`); `make soak` writes docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from common import ROOT, free_port, llama_command, llama_server, machine, rss_mb  # bench/ is on sys.path
+
+LOCAL = ("a", "b", "c")
+APIS = ("chat", "chat-stream", "completions", "completions-stream", "responses", "responses-stream",
+        "messages", "messages-stream")  # fmt: skip
+FAULTS = {"kill_engine": 3, "hang_load": 2, "reload": 2, "walk_away": 2, "peer_restart": 1, "router_restart": 1}
+REQUEST_BOUND_S = 120.0  # a request that takes longer has hung
+# ERROR lines of router A that an injected fault explains (anything else fails the soak).
+EXPLAINED = {
+    "kill_engine": re.compile(r"killed by SIGKILL|engine .*(exited|died|killed)|ended the stream early|lost"),
+    "hang_load": re.compile(r"hang|timed? ?out|timeout"),
+    "peer_restart": re.compile(r"peer|Cannot connect|Connection refused|ClientConnector|Server disconnected"),
+}
+
+
+@dataclass
+class Tally:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    faults: Counter[str] = field(default_factory=Counter)
+    fault_outcomes: Counter[str] = field(default_factory=Counter)
+    samples: list[dict[str, float]] = field(default_factory=list)
+    by_api: Counter[str] = field(default_factory=Counter)
+
+    def fail(self, what: str) -> None:
+        self.outcomes["FAILED"] += 1
+        if len(self.failures) < 50:
+            self.failures.append(what)
+
+
+class Routers:
+    """Router A (the one under test) and router B (its fleet peer), started and restarted as subprocesses."""
+
+    def __init__(self, work: Path, binary: str) -> None:
+        from router_app.tools.tiny_gguf import write_model
+
+        self.work = work
+        self.ports = {"A": free_port(), "B": free_port()}
+        while self.ports["B"] == self.ports["A"]:
+            self.ports["B"] = free_port()
+        models = {name: write_model(work / f"{name}.gguf", name=name, seed=seed) for name, seed in
+                  (("a", 1), ("b", 2), ("c", 3), ("p", 4))}  # fmt: skip
+        hang = [sys.executable, "-c", "import time; time.sleep(3600)"]
+        self.config_a: dict[str, Any] = {
+            "router": {
+                "port": self.ports["A"], "supervisor": "process", "log_level": "info", "state_dir": str(work / "state"),
+                "memory": {"source": "declared", "devices": {"cpu": "260MiB"}}, "progress_interval_s": 1,
+                "fairness_s": 2, "drain_timeout_s": 30, "load_timeout_s": 60, "shutdown_grace_s": 30,
+                "peers": [{"name": "peer", "url": f"http://127.0.0.1:{self.ports['B']}", "timeout_s": 2}],
+                "peer_refresh_s": 1,
+            },
+            "models": [
+                *({"id": m, "backend": "llamacpp", "command": llama_command(binary, models[m], m), "memory": size,
+                   "description": "v1"} for m, size in (("a", "100MiB"), ("b", "100MiB"), ("c", "200MiB"))),
+                {"id": "hang", "backend": "llamacpp", "command": hang, "memory": "10MiB", "load_timeout_s": 4,
+                 "first_load_timeout_s": 4},
+            ],
+        }  # fmt: skip
+        self.config_b = {
+            "router": {"port": self.ports["B"], "supervisor": "process", "log_level": "warning"},
+            "models": [{"id": "p", "backend": "llamacpp", "command": llama_command(binary, models["p"], "p")}],
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.generation = 0
+        self.logs: list[Path] = []
+        self.write("A")
+        self.write("B")
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def write(self, name: str) -> Path:
+        path = self.work / f"router-{name}.yml"
+        path.write_text(yaml.safe_dump(self.config_a if name == "A" else self.config_b))
+        return path
+
+    async def start(self, name: str) -> None:
+        argv = [sys.executable, "-m", "router_app.cli", "serve", "--config", str(self.work / f"router-{name}.yml")]
+        if name == "A":
+            self.generation += 1
+        log = self.work / f"router-{name}-{self.generation if name == 'A' else len(self.logs)}.log"
+        if name == "A":
+            self.logs.append(log)
+        self.procs[name] = spawn(argv, log)
+        delay = 0.01
+        async with httpx.AsyncClient(timeout=5) as client:
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(self.url(name) + "/health")).status_code == 200:
+                        return
+                if self.procs[name].poll() is not None:
+                    raise RuntimeError(f"router {name} exited with {self.procs[name].returncode}: see {log}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+    async def stop(self, name: str, sig: signal.Signals = signal.SIGTERM, bound_s: float = 90) -> int | None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        deadline = time.monotonic() + bound_s
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                return None  # did not stop within its bound
+            await asyncio.sleep(0.05)
+        return proc.returncode
+
+    def pid(self, name: str) -> int:
+        return self.procs[name].pid
+
+
+def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def is_error(payload: dict[str, Any]) -> bool:
+    return "error" in payload or payload.get("type") == "error"
+
+
+async def one_request(client: httpx.AsyncClient, base: str, model: str, api: str, rng: random.Random,
+                      tally: Tally, walk: bool = False) -> str:  # fmt: skip
+    """Send one request and judge its answer; returns its outcome."""
+    tokens = rng.randint(4, 32)
+    stream = api.endswith("-stream")
+    kind = api.removesuffix("-stream")
+    message = [{"role": "user", "content": rng.choice(["Hello", "Tell me a story.", "What is 2+2?"])}]
+    path, body = {
+        "chat": ("/v1/chat/completions", {"messages": message, "max_tokens": tokens}),
+        "completions": ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": tokens}),
+        "responses": ("/v1/responses", {"input": "Hello", "max_output_tokens": max(tokens, 16)}),
+        "messages": ("/v1/messages", {"messages": message, "max_tokens": tokens}),
+    }[kind]
+    body = {"model": model, **body, **({"stream": True} if stream else {})}
+    if not stream:
+        answer = await client.post(base + path, json=body)
+        try:
+            data = answer.json()
+        except ValueError:
+            return f"bad_shape: {answer.status_code} {answer.text[:120]!r}"
+        if answer.status_code != 200:
+            return f"error:{answer.status_code}" if isinstance(data, dict) and is_error(data) else \
+                f"bad_shape: {answer.status_code} {answer.text[:120]!r}"  # fmt: skip
+        if data.get("model") != model:
+            return f"wrong_model: asked {model}, got {data.get('model')}"
+        return "ok"
+    lines: list[str] = []
+    async with client.stream("POST", base + path, json=body) as answer:
+        if answer.status_code != 200:
+            raw = await answer.aread()
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                return f"bad_shape: {answer.status_code} {raw[:120]!r}"
+            return f"error:{answer.status_code}" if is_error(data) else f"bad_shape: {raw[:120]!r}"
+        async for line in answer.aiter_lines():
+            lines.append(line)
+            if walk and len(lines) >= 3:
+                return "walked_away"
+    return judge_stream(kind, model, lines)
+
+
+def judge_stream(kind: str, model: str, lines: list[str]) -> str:
+    payloads = []
+    for line in lines:
+        if line.startswith("data: ") and line != "data: [DONE]":
+            try:
+                payloads.append(json.loads(line[6:]))
+            except ValueError:
+                return f"bad_shape: {line[:120]!r}"
+    errored = any(isinstance(p, dict) and is_error(p) for p in payloads)
+    if kind in ("chat", "completions"):
+        for p in payloads:
+            if is_error(p):
+                continue
+            if not p.get("choices"):
+                return f"bad_shape: chunk without choices[0]: {json.dumps(p)[:160]}"
+            if p.get("model") != model:
+                return f"wrong_model: asked {model}, got {p.get('model')}"
+        if "data: [DONE]" not in lines:
+            return "truncated: no [DONE]"
+        return "error:in-stream" if errored else "ok"
+    if kind == "responses":
+        done = any(p.get("type") in ("response.completed", "response.incomplete", "response.failed") for p in payloads)
+        models = {p["response"].get("model") for p in payloads if isinstance(p.get("response"), dict)}
+        if models - {model}:
+            return f"wrong_model: asked {model}, got {models}"
+        return "error:in-stream" if errored else "ok" if done else "truncated: no response.completed"
+    done = any(p.get("type") == "message_stop" for p in payloads)
+    models = {p["message"].get("model") for p in payloads if isinstance(p.get("message"), dict)}
+    if models - {model}:
+        return f"wrong_model: asked {model}, got {models}"
+    return "error:in-stream" if errored else "ok" if done else "truncated: no message_stop"
+
+
+async def client_loop(index: int, routers: Routers, stop: asyncio.Event, tally: Tally, seed: int) -> None:
+    rng = random.Random(seed * 1000 + index)
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=2)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(REQUEST_BOUND_S, connect=5), limits=limits) as client:
+        while not stop.is_set():
+            model = rng.choices(("a", "b", "c", "p"), weights=(3, 3, 2, 2))[0]
+            api = rng.choice(APIS)
+            walk = api.endswith("-stream") and rng.random() < 0.1
+            try:
+                outcome = await asyncio.wait_for(
+                    one_request(client, routers.url("A"), model, api, rng, tally, walk), REQUEST_BOUND_S + 10
+                )
+            except TimeoutError:
+                outcome = "hang: no answer within its bound"
+            except httpx.ConnectError:
+                outcome = "refused"  # router A restarting: the client knows at once, nothing half-done
+                await asyncio.sleep(0.2)
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                outcome = f"truncated: connection broken ({type(exc).__name__})"
+            except httpx.HTTPError as exc:
+                outcome = f"transport: {type(exc).__name__}: {exc}"
+            tally.by_api[api] += 1
+            bucket = outcome.split(":")[0]
+            if bucket in ("ok", "error", "walked_away", "refused"):
+                tally.outcomes[outcome if bucket == "error" else bucket] += 1
+            else:
+                tally.fail(f"{model} {api}: {outcome}")
+
+
+async def health(base: str) -> dict[str, Any] | None:
+    with contextlib.suppress(httpx.HTTPError, ValueError):
+        async with httpx.AsyncClient(timeout=5) as client:
+            return (await client.get(base + "/health")).json()
+    return None
+
+
+async def inject(kind: str, routers: Routers, rng: random.Random, tally: Tally, tasks: set[asyncio.Task[Any]]) -> None:
+    tally.faults[kind] += 1
+    base = routers.url("A")
+    if kind == "kill_engine":
+        state = await health(base)
+        running = [m for m in (state or {}).get("models", []) if str(m.get("supervisor", "")).startswith("pid ")
+                   and m.get("state") in ("ready", "loading")]  # fmt: skip
+        busy = [m for m in running if m.get("inflight")] or running
+        if busy:
+            victim = rng.choice(busy)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(victim["supervisor"].removeprefix("pid ")), signal.SIGKILL)
+                tally.fault_outcomes[f"kill_engine:{victim['id']}"] += 1
+    elif kind in ("hang_load", "walk_away"):
+        model, api = ("hang", "chat") if kind == "hang_load" else (rng.choice(LOCAL), "chat-stream")
+
+        async def request() -> None:
+            async with httpx.AsyncClient(timeout=REQUEST_BOUND_S) as client:
+                try:
+                    outcome = await one_request(client, base, model, api, rng, tally, walk=kind == "walk_away")
+                except httpx.HTTPError as exc:
+                    outcome = f"transport: {type(exc).__name__}"
+            tally.fault_outcomes[f"{kind}:{outcome.split(' ')[0]}"] += 1
+            if kind == "hang_load" and not outcome.startswith(("error:503", "refused", "transport")):
+                tally.fail(f"hang model answered {outcome}")
+
+        task = asyncio.ensure_future(request())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    elif kind == "reload":
+        model = routers.config_a["models"][2]
+        model["description"] = "v2" if model["description"] == "v1" else "v1"  # a changed definition: c restarts
+        routers.write("A")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(routers.pid("A"), signal.SIGHUP)
+    elif kind == "peer_restart":
+        await routers.stop("B", signal.SIGKILL)
+        await asyncio.sleep(rng.uniform(0.5, 2))
+        await routers.start("B")
+    elif kind == "router_restart":
+        code = await routers.stop("A")
+        tally.fault_outcomes[f"router_restart:exit {code}"] += 1
+        if code is None:
+            tally.fail("router A did not stop within its bound")
+        await routers.start("A")
+
+
+async def sampler(routers: Routers, stop: asyncio.Event, tally: Tally, started: float) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(OSError, ValueError):
+            pid = routers.pid("A")
+            state = await health(routers.url("A"))
+            used = sum(d.get("used", 0) for d in (state or {}).get("memory", []))
+            tally.samples.append({
+                "t": time.monotonic() - started, "generation": routers.generation, "rss_mb": rss_mb(pid),
+                "fds": len(os.listdir(f"/proc/{pid}/fd")), "used_mb": used / 2**20,
+            })  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
+
+
+async def idle_footprint(routers: Routers) -> dict[str, float]:
+    """Unload every local model, wait until the accounting says nothing is held; RSS and fds of router A then."""
+    base = routers.url("A")
+    async with httpx.AsyncClient(timeout=60) as client:
+        for model in (*LOCAL, "hang"):
+            await client.post(base + "/models/unload", json={"model": model})
+        delay, deadline = 0.05, time.monotonic() + 60
+        while True:
+            state = (await client.get(base + "/health")).json()
+            used = sum(d.get("used", 0) for d in state.get("memory", []))
+            if used == 0 and not state.get("current"):
+                break
+            if time.monotonic() > deadline:
+                return {"used_mb": used / 2**20, "rss_mb": -1, "fds": -1}
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    pid = routers.pid("A")
+    return {"used_mb": 0.0, "rss_mb": rss_mb(pid), "fds": float(len(os.listdir(f"/proc/{pid}/fd")))}
+
+
+def engines_of(work: Path) -> list[int]:
+    """Processes whose command line names this soak's files (its engines), other than the routers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if any(str(work).encode() in arg for arg in argv) and b"router_app.cli" not in argv:
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+    return found
+
+
+def unexplained_errors(routers: Routers, tally: Tally) -> list[str]:
+    patterns = [pattern for kind, pattern in EXPLAINED.items() if tally.faults[kind]]
+    lines = []
+    for log in routers.logs:
+        for line in log.read_text(errors="replace").splitlines():
+            if " ERROR " in line and not any(p.search(line) for p in patterns):
+                lines.append(line[:300])
+    return lines
+
+
+async def soak(minutes: float, clients: int, seed: int) -> dict[str, Any]:
+    binary = llama_server()
+    rng = random.Random(seed)
+    tally = Tally()
+    with tempfile.TemporaryDirectory(prefix="llm-router-soak-") as tmp:
+        work = Path(tmp)
+        routers = Routers(work, binary)
+        await routers.start("B")
+        await routers.start("A")
+        started = time.monotonic()
+        stop_clients, stop_sampler = asyncio.Event(), asyncio.Event()
+        # Warm-up without faults, then the idle baseline of the first router process.
+        warm = [asyncio.ensure_future(client_loop(i, routers, stop_clients, tally, seed)) for i in range(clients)]
+        await asyncio.sleep(min(30.0, minutes * 60 / 6))
+        stop_clients.set()
+        await asyncio.gather(*warm)
+        baseline = await idle_footprint(routers)
+        stop_clients.clear()
+        sampling = asyncio.ensure_future(sampler(routers, stop_sampler, tally, started))
+        loops = [asyncio.ensure_future(client_loop(i, routers, stop_clients, tally, seed + 1)) for i in range(clients)]
+        side: set[asyncio.Task[Any]] = set()
+        end = started + minutes * 60
+        kinds, weights = list(FAULTS), list(FAULTS.values())
+        while time.monotonic() < end - 20:  # the last 20 s without faults: everything in flight settles
+            await asyncio.sleep(rng.uniform(3, 6))
+            await inject(rng.choices(kinds, weights)[0], routers, rng, tally, side)
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        stop_clients.set()
+        await asyncio.gather(*loops, *side)
+        final = await idle_footprint(routers)
+        stop_sampler.set()
+        await sampling
+        left_running = engines_of(work)  # with routers up and nothing loaded, no engine may be running
+        for name in ("A", "B"):
+            await routers.stop(name)
+        orphans = engines_of(work)
+        errors = unexplained_errors(routers, tally)
+        elapsed = time.monotonic() - started
+    checks = {
+        "no lost or wrong answers": not tally.failures,
+        "no engine running once all unloaded": not left_running,
+        "no orphan engine after the routers stop": not orphans,
+        "memory accounting back to zero": final["used_mb"] == 0,
+        "RSS within 10 % of start": final["rss_mb"] > 0 and final["rss_mb"] <= baseline["rss_mb"] * 1.10,
+        "open fds within 10 % of start": 0 < final["fds"] <= baseline["fds"] * 1.10,
+        "every ERROR line explained by a fault": not errors,
+    }
+    return {
+        "minutes": round(elapsed / 60, 1), "clients": clients, "seed": seed, "outcomes": dict(tally.outcomes),
+        "by_api": dict(tally.by_api), "faults": dict(tally.faults), "fault_outcomes": dict(tally.fault_outcomes),
+        "failures": tally.failures, "baseline": baseline, "final": final, "left_running": left_running,
+        "orphans": orphans, "unexplained_errors": errors[:20], "samples": tally.samples, "checks": checks,
+        "generations": routers.generation, "machine": machine(),
+    }  # fmt: skip
+
+
+def report(result: dict[str, Any], command: str) -> str:
+    outcomes = result["outcomes"]
+    total = sum(outcomes.values())
+    lines = [
+        "# Reliability: the soak under injected faults",
+        "",
+        f"Written by `{command}` (bench/soak.py) on {result['machine']}; one run, seed {result['seed']}:"
+        f" {result['minutes']} min, {result['clients']} clients, router A started {result['generations']} times.",
+        "",
+        "## Checks",
+        "",
+        "| check | result |",
+        "|---|---|",
+        *(f"| {name} | {'pass' if ok else '**FAIL**'} |" for name, ok in result["checks"].items()),
+        "",
+        f"## Requests ({total})",
+        "",
+        "| outcome | requests |",
+        "|---|---|",
+        *(f"| {name} | {count} |" for name, count in sorted(outcomes.items(), key=lambda kv: -kv[1])),
+        "",
+        "`ok`: a complete answer from the model asked for; `error:N`: a clean error in the API's shape (status N, or"
+        " `in-stream`: an error event, then the stream's end); `walked_away`: the client left mid-stream on purpose;"
+        " `refused`: connection refused while router A restarted; `FAILED`: anything else (listed below).",
+        "",
+        "| API | requests |",
+        "|---|---|",
+        *(f"| {api} | {count} |" for api, count in sorted(result["by_api"].items())),
+        "",
+        "## Faults injected",
+        "",
+        "| fault | times |",
+        "|---|---|",
+        *(f"| {kind} | {count} |" for kind, count in sorted(result["faults"].items())),
+        "",
+        "What they met: " + ", ".join(f"{k} ×{v}" for k, v in sorted(result["fault_outcomes"].items())) + ".",
+        "",
+        "## Router A over time",
+        "",
+        f"Idle after the warm-up (first process): RSS {result['baseline']['rss_mb']:.1f} MiB, "
+        f"{result['baseline']['fds']:.0f} fds. Idle at the end (process {result['generations']}): RSS "
+        f"{result['final']['rss_mb']:.1f} MiB, {result['final']['fds']:.0f} fds, memory accounted "
+        f"{result['final']['used_mb']:.0f} MiB.",
+        "",
+        "| minute | process | RSS MiB (max) | fds (max) | memory accounted MiB (max) |",
+        "|---|---|---|---|---|",
+    ]
+    by_minute: dict[tuple[int, int], list[dict[str, float]]] = {}
+    for sample in result["samples"]:
+        by_minute.setdefault((int(sample["t"] // 60), int(sample["generation"])), []).append(sample)
+    for (minute, generation), group in sorted(by_minute.items()):
+        lines.append(
+            f"| {minute} | {generation} | {max(s['rss_mb'] for s in group):.1f} | {max(s['fds'] for s in group):.0f}"
+            f" | {max(s['used_mb'] for s in group):.0f} |"
+        )
+    if result["failures"] or result["unexplained_errors"]:
+        lines += ["", "## Failures", "", *(f"- {f}" for f in result["failures"] + result["unexplained_errors"])]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    minutes = float(os.environ.get("SOAK_MINUTES", "30"))
+    clients = int(os.environ.get("SOAK_CLIENTS", "32"))
+    seed = int(os.environ.get("SOAK_SEED", "1"))
+    result = asyncio.run(soak(minutes, clients, seed))
+    command = f"make soak SOAK_MINUTES={minutes:g}" if minutes != 30 else "make soak"
+    text = report(result, command)
+    print(text)
+    if os.environ.get("SOAK_WRITE") == "1":
+        (ROOT / "docs" / "reliability.md").write_text(text)
+    failed = [name for name, ok in result["checks"].items() if not ok]
+    if failed:
+        print("soak FAILED: " + ", ".join(failed), file=sys.stderr)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
