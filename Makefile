@@ -90,6 +90,7 @@ test: lint llama-server
 	LLAMA_SERVER_BIN="$$(PYTHON=$(BIN)/python scripts/build-llama-server.sh)" $(BIN)/python -m pytest -q -ra
 	$(MAKE) check-engines
 	$(MAKE) check-engine-code
+	$(MAKE) soak-ci
 	$(MAKE) e2e
 	$(MAKE) molecule
 
@@ -117,7 +118,7 @@ e2e: $(STAMP) llama-server
 		CHROMEDRIVER="$$driver" $(BIN)/python -m pytest tests/e2e -v -p no:cacheprovider
 
 # The soak (bench/soak.py): SOAK_MINUTES (30) under 32 clients with a fault every few seconds; writes
-# docs/reliability.md. `make soak-ci` is its 3-minute version, which writes nothing.
+# docs/reliability.md. `make soak-ci` is its 3-minute version (part of `make test`), which writes nothing.
 .PHONY: soak soak-ci
 SOAK_MINUTES ?= 30
 soak: $(STAMP) llama-server

@@ -77,7 +77,7 @@ class Routers:
             self.ports["B"] = free_port()
         models = {name: write_model(work / f"{name}.gguf", name=name, seed=seed) for name, seed in
                   (("a", 1), ("b", 2), ("c", 3), ("p", 4))}  # fmt: skip
-        hang = [sys.executable, "-c", "import time; time.sleep(3600)"]
+        hang = [sys.executable, "-c", "import sys, time; time.sleep(3600)", "${PORT}"]  # never listens
         self.config_a: dict[str, Any] = {
             "router": {
                 "port": self.ports["A"], "supervisor": "process", "log_level": "info", "state_dir": str(work / "state"),
@@ -98,6 +98,7 @@ class Routers:
             "models": [{"id": "p", "backend": "llamacpp", "command": llama_command(binary, models["p"], "p")}],
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: list[tuple[float, float]] = []  # router A's stop-to-ready windows (monotonic)
         self.generation = 0
         self.logs: list[Path] = []
         self.write("A")
@@ -126,7 +127,8 @@ class Routers:
                     if (await client.get(self.url(name) + "/health")).status_code == 200:
                         return
                 if self.procs[name].poll() is not None:
-                    raise RuntimeError(f"router {name} exited with {self.procs[name].returncode}: see {log}")
+                    tail = log.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"router {name} exited with {self.procs[name].returncode}:\n{tail}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.2)
 
@@ -156,8 +158,9 @@ def is_error(payload: dict[str, Any]) -> bool:
 
 
 async def one_request(client: httpx.AsyncClient, base: str, model: str, api: str, rng: random.Random,
-                      tally: Tally, walk: bool = False) -> str:  # fmt: skip
-    """Send one request and judge its answer; returns its outcome."""
+                      tally: Tally, walk: bool = False, seen: dict[str, bool] | None = None) -> str:  # fmt: skip
+    """Send one request and judge its answer; returns its outcome. `seen["answer"]` once a response began."""
+    seen = seen if seen is not None else {}
     tokens = rng.randint(4, 32)
     stream = api.endswith("-stream")
     kind = api.removesuffix("-stream")
@@ -171,6 +174,7 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str, api: str
     body = {"model": model, **body, **({"stream": True} if stream else {})}
     if not stream:
         answer = await client.post(base + path, json=body)
+        seen["answer"] = True
         try:
             data = answer.json()
         except ValueError:
@@ -183,6 +187,7 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str, api: str
         return "ok"
     lines: list[str] = []
     async with client.stream("POST", base + path, json=body) as answer:
+        seen["answer"] = True
         if answer.status_code != 200:
             raw = await answer.aread()
             try:
@@ -219,12 +224,15 @@ def judge_stream(kind: str, model: str, lines: list[str]) -> str:
         return "error:in-stream" if errored else "ok"
     if kind == "responses":
         done = any(p.get("type") in ("response.completed", "response.incomplete", "response.failed") for p in payloads)
-        models = {p["response"].get("model") for p in payloads if isinstance(p.get("response"), dict)}
+        # llama-server's response.created/in_progress carry a response without a model; the others must name ours.
+        models = {
+            p["response"]["model"] for p in payloads if isinstance(p.get("response"), dict) and "model" in p["response"]
+        }
         if models - {model}:
             return f"wrong_model: asked {model}, got {models}"
         return "error:in-stream" if errored else "ok" if done else "truncated: no response.completed"
     done = any(p.get("type") == "message_stop" for p in payloads)
-    models = {p["message"].get("model") for p in payloads if isinstance(p.get("message"), dict)}
+    models = {p["message"]["model"] for p in payloads if isinstance(p.get("message"), dict) and "model" in p["message"]}
     if models - {model}:
         return f"wrong_model: asked {model}, got {models}"
     return "error:in-stream" if errored else "ok" if done else "truncated: no message_stop"
@@ -238,9 +246,11 @@ async def client_loop(index: int, routers: Routers, stop: asyncio.Event, tally: 
             model = rng.choices(("a", "b", "c", "p"), weights=(3, 3, 2, 2))[0]
             api = rng.choice(APIS)
             walk = api.endswith("-stream") and rng.random() < 0.1
+            seen: dict[str, bool] = {}
+            sent = time.monotonic()
             try:
                 outcome = await asyncio.wait_for(
-                    one_request(client, routers.url("A"), model, api, rng, tally, walk), REQUEST_BOUND_S + 10
+                    one_request(client, routers.url("A"), model, api, rng, tally, walk, seen), REQUEST_BOUND_S + 10
                 )
             except TimeoutError:
                 outcome = "hang: no answer within its bound"
@@ -248,7 +258,18 @@ async def client_loop(index: int, routers: Routers, stop: asyncio.Event, tally: 
                 outcome = "refused"  # router A restarting: the client knows at once, nothing half-done
                 await asyncio.sleep(0.2)
             except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-                outcome = f"truncated: connection broken ({type(exc).__name__})"
+                now = time.monotonic()
+                restarting = any(began - 1 <= now and sent <= end + 1 for began, end in routers.restarts)
+                if not seen and restarting:
+                    # HTTP/1.1's keep-alive race: the stopping router closed an idle connection as this request
+                    # went out on it; no answer began, the router never read it (clients retry these).
+                    outcome = "refused"
+                else:
+                    near = min((round(sent - began, 2) for began, _ in routers.restarts), key=abs, default=None)
+                    outcome = (
+                        f"truncated: connection broken ({type(exc).__name__}, answer begun: {bool(seen)}, "
+                        f"sent {near} s after a restart began, request took {now - sent:.2f} s)"
+                    )
             except httpx.HTTPError as exc:
                 outcome = f"transport: {type(exc).__name__}: {exc}"
             tally.by_api[api] += 1
@@ -270,15 +291,21 @@ async def inject(kind: str, routers: Routers, rng: random.Random, tally: Tally, 
     tally.faults[kind] += 1
     base = routers.url("A")
     if kind == "kill_engine":
-        state = await health(base)
-        running = [m for m in (state or {}).get("models", []) if str(m.get("supervisor", "")).startswith("pid ")
-                   and m.get("state") in ("ready", "loading")]  # fmt: skip
-        busy = [m for m in running if m.get("inflight")] or running
-        if busy:
-            victim = rng.choice(busy)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(victim["supervisor"].removeprefix("pid ")), signal.SIGKILL)
-                tally.fault_outcomes[f"kill_engine:{victim['id']}"] += 1
+        for _ in range(20):  # models come and go many times a second: look again until one runs
+            state = await health(base)
+            running = [m for m in (state or {}).get("models", []) if str(m.get("supervisor", "")).startswith("pid ")
+                       and m.get("state") in ("ready", "loading")]  # fmt: skip
+            busy = [m for m in running if m.get("inflight")] or running
+            if busy:
+                victim = rng.choice(busy)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(victim["supervisor"].removeprefix("pid ")), signal.SIGKILL)
+                    busy_now = "mid-request" if victim.get("inflight") else "idle"
+                    tally.fault_outcomes[f"kill_engine:{victim['id']} {busy_now}"] += 1
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            tally.fault_outcomes["kill_engine:no engine running"] += 1
     elif kind in ("hang_load", "walk_away"):
         model, api = ("hang", "chat") if kind == "hang_load" else (rng.choice(LOCAL), "chat-stream")
 
@@ -306,11 +333,14 @@ async def inject(kind: str, routers: Routers, rng: random.Random, tally: Tally, 
         await asyncio.sleep(rng.uniform(0.5, 2))
         await routers.start("B")
     elif kind == "router_restart":
+        window = len(routers.restarts)
+        routers.restarts.append((time.monotonic(), float("inf")))  # open until router A is back
         code = await routers.stop("A")
         tally.fault_outcomes[f"router_restart:exit {code}"] += 1
         if code is None:
             tally.fail("router A did not stop within its bound")
         await routers.start("A")
+        routers.restarts[window] = (routers.restarts[window][0], time.monotonic())
 
 
 async def sampler(routers: Routers, stop: asyncio.Event, tally: Tally, started: float) -> None:
@@ -333,11 +363,13 @@ async def idle_footprint(routers: Routers) -> dict[str, float]:
     async with httpx.AsyncClient(timeout=60) as client:
         for model in (*LOCAL, "hang"):
             await client.post(base + "/models/unload", json={"model": model})
+        with contextlib.suppress(httpx.HTTPError):  # the peer's model too: no engine of this soak may stay up
+            await client.post(routers.url("B") + "/models/unload", json={"model": "p"})
         delay, deadline = 0.05, time.monotonic() + 60
         while True:
             state = (await client.get(base + "/health")).json()
             used = sum(d.get("used", 0) for d in state.get("memory", []))
-            if used == 0 and not state.get("current"):
+            if used == 0 and not state.get("current") and not engines_of(routers.work):
                 break
             if time.monotonic() > deadline:
                 return {"used_mb": used / 2**20, "rss_mb": -1, "fds": -1}
@@ -424,8 +456,13 @@ async def soak(minutes: float, clients: int, seed: int) -> dict[str, Any]:
         "by_api": dict(tally.by_api), "faults": dict(tally.faults), "fault_outcomes": dict(tally.fault_outcomes),
         "failures": tally.failures, "baseline": baseline, "final": final, "left_running": left_running,
         "orphans": orphans, "unexplained_errors": errors[:20], "samples": tally.samples, "checks": checks,
-        "generations": routers.generation, "machine": machine(),
+        "generations": routers.generation, "machine": machine(), "commit": commit(),
     }  # fmt: skip
+
+
+def commit() -> str:
+    describe = ["git", "describe", "--always", "--dirty"]
+    return subprocess.run(describe, cwd=ROOT, capture_output=True, text=True).stdout.strip() or "?"
 
 
 def report(result: dict[str, Any], command: str) -> str:
@@ -434,7 +471,8 @@ def report(result: dict[str, Any], command: str) -> str:
     lines = [
         "# Reliability: the soak under injected faults",
         "",
-        f"Written by `{command}` (bench/soak.py) on {result['machine']}; one run, seed {result['seed']}:"
+        f"Written by `{command}` (bench/soak.py) of {result['commit']} on {result['machine']}; one run, seed"
+        f" {result['seed']}:"
         f" {result['minutes']} min, {result['clients']} clients, router A started {result['generations']} times.",
         "",
         "## Checks",
@@ -451,7 +489,8 @@ def report(result: dict[str, Any], command: str) -> str:
         "",
         "`ok`: a complete answer from the model asked for; `error:N`: a clean error in the API's shape (status N, or"
         " `in-stream`: an error event, then the stream's end); `walked_away`: the client left mid-stream on purpose;"
-        " `refused`: connection refused while router A restarted; `FAILED`: anything else (listed below).",
+        " `refused`: connection refused while router A restarted, or closed by it before any answer began"
+        " (HTTP/1.1's keep-alive race, retried by clients); `FAILED`: anything else (listed below).",
         "",
         "| API | requests |",
         "|---|---|",

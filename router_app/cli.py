@@ -40,7 +40,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from router_app.app import create_app
-    from router_app.web.http import BoundedHeadHttpToolsProtocol, GracefulServer
+    from router_app.web.http import KEEP_ALIVE_S, BoundedHeadHttpToolsProtocol, GracefulServer
 
     config = _load(args.config)
     settings = config.router
@@ -65,6 +65,7 @@ def serve(args: argparse.Namespace) -> None:
             log_config=None,
             access_log=settings.log_level == "debug",
             timeout_graceful_shutdown=settings.shutdown_grace_s,
+            timeout_keep_alive=KEEP_ALIVE_S,
             lifespan="on",
         ),
         app.shutting_down,

@@ -16,6 +16,11 @@ import socket
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+# An idle client connection is closed after this long. uvicorn's 5 s equals httpx's own keep-alive expiry (the
+# openai and anthropic SDKs), so the router closed connections just as such clients sent their next request on them
+# (a ReadError before any answer; seen in the soak). nginx's default.
+KEEP_ALIVE_S = 75
+
 # nginx's default allows 4 × 8 KiB header lines, Node 16 KiB in all: 64 KiB is generous for any API client.
 MAX_HEAD_BYTES = 64 * 1024
 
