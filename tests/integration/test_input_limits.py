@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -283,3 +284,16 @@ def test_allowed_hosts_and_keys_open_the_router_to_other_names(
     keyed = start_router([model], api_key_files=[str(keys)])
     auth = {"Authorization": "Bearer sk-one", "Host": "gpu-box.lan"}
     assert httpx.get(keyed.url + "/v1/models", headers=auth).status_code == 200, "keys guard a keyed router"
+
+
+def test_an_idle_connection_outlives_the_clients_own_keep_alive(router) -> None:
+    """The openai and anthropic SDKs (httpx) reuse an idle connection for up to 5 s; uvicorn's default closed it
+    after 5 s too, so a request sent as the router closed it failed with a ReadError before any answer (seen in the
+    soak). The router keeps idle connections 75 s: one idle for 6 s still serves."""
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(6)  # the idle time under test, longer than httpx's keep-alive expiry
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200"), "the router closed an idle connection within 6 s"
