@@ -28,17 +28,12 @@ def memory_kib(pid: int) -> dict[str, int]:
     return fields
 
 
-def send_big_body(port: int, path: str, size: int, chunked: bool) -> tuple[int, int]:
-    """Stream `size` bytes of body (Content-Length or chunked) until the router answers; (status, bytes sent)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    framing = b"Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {size}\r\n".encode()
-    sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode() + framing + b"\r\n"
-    )
-    answer = bytearray()
+def read_answer(sock: socket.socket, answer: bytearray, until_head: bool) -> threading.Thread:
+    """A thread that reads the router's answer into `answer` while the test keeps sending: until the end of its head,
+    or until the router closes the connection."""
 
     def read() -> None:
-        while b"\r\n\r\n" not in answer:
+        while not (until_head and b"\r\n\r\n" in answer):
             try:
                 more = sock.recv(65536)
             except OSError:
@@ -49,6 +44,18 @@ def send_big_body(port: int, path: str, size: int, chunked: bool) -> tuple[int, 
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    return reader
+
+
+def send_big_body(port: int, path: str, size: int, chunked: bool) -> tuple[int, int]:
+    """Stream `size` bytes of body (Content-Length or chunked) until the router answers; (status, bytes sent)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    framing = b"Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {size}\r\n".encode()
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode() + framing + b"\r\n"
+    )
+    answer = bytearray()
+    reader = read_answer(sock, answer, until_head=True)
     piece = b'{"model":"tiny-a","messages":[{"role":"user","content":"' + b"x" * (MIB - 60)
     sent = 0
     try:
@@ -209,19 +216,7 @@ def send_big_header(port: int, size: int) -> tuple[int, bytes, int]:
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
     answer = bytearray()
-
-    def read() -> None:
-        while True:
-            try:
-                more = sock.recv(65536)
-            except OSError:
-                return
-            if not more:
-                return
-            answer.extend(more)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    reader = read_answer(sock, answer, until_head=False)
     sent = 0
     try:
         while sent < size and not answer:
