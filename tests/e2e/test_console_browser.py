@@ -31,7 +31,12 @@ def demo(llama_server_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     client_key = secrets.token_hex(16)
     (work / "client.keys").write_text(client_key + "\n")
     config = yaml.safe_load(config_path.read_text())
-    config["router"].update(api_key_files=[str(work / "client.keys")])
+    # A declared CPU budget that holds one demo model at a time, so the page has memory bars to draw and check.
+    config["router"].update(
+        api_key_files=[str(work / "client.keys")], memory={"source": "declared", "devices": {"cpu": "1GiB"}}
+    )
+    for model in config["models"]:
+        model["memory"] = "600MiB"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     router = RouterProcess(config_path)
     try:
@@ -107,11 +112,13 @@ def test_the_console_shows_and_steers_the_demo(demo, browser) -> None:
         "return [...document.querySelectorAll('#memory .bar span')].map((e) => e.dataset.model);"
     )
     resident = {held["model"] for device in health["memory"] for held in device["models"]}
-    assert set(bars) == resident, "the memory bars are /health's"
+    assert resident == {"tiny-a"} and set(bars) == resident, ("the memory bars are /health's", bars, resident)
 
     # Under each bar, each resident model's measured and estimated footprint, as /health has them.
-    def gib(value: int | None) -> str:
-        return "?" if value is None else f"{value / 1024**3:.1f} GiB"
+    def gib(value: int | None) -> str:  # as the page writes sizes
+        if value is None:
+            return "?"
+        return f"{value / 1024**3:.1f} GiB" if value >= 1024**3 else f"{value / 1024**2:.0f} MiB"
 
     def legend_matches_health() -> bool:
         held = next(h for d in httpx.get(router.url + "/health").json()["memory"] for h in d["models"])

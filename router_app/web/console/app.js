@@ -34,7 +34,8 @@ async function api(path, body) {
 
 const secs = (v) => (v === null || v === undefined ? "" : v < 10 ? v.toFixed(2) + " s" : v.toFixed(0) + " s");
 const clock = (t) => new Date(t * 1000).toLocaleTimeString();
-const gib = (b) => (b === null || b === undefined ? "?" : (b / 1024 ** 3).toFixed(1) + " GiB");
+const gib = (b) => (b === null || b === undefined ? "?"
+  : b >= 1024 ** 3 ? (b / 1024 ** 3).toFixed(1) + " GiB" : (b / 1024 ** 2).toFixed(0) + " MiB");
 
 // --- models and memory -------------------------------------------------------------------
 
