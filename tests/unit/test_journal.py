@@ -55,6 +55,9 @@ argv = sys.argv[1:]
 with open(os.environ["CALLS"], "a") as calls:
     calls.write(json.dumps(argv) + "\\n")
 n = sum(1 for _ in open(os.environ["CALLS"]))
+if os.environ.get("LONG"):  # a message of 48 KiB that is not UTF-8: ~190 KiB of JSON numbers
+    unit = next(a for a in argv if a.startswith("--unit="))[len("--unit="):]
+    print(json.dumps({"__CURSOR": "c0", "_SYSTEMD_UNIT": unit, "MESSAGE": [255] * 48 * 1024}))
 for arg in argv:
     if arg.startswith("--unit="):
         unit = arg[len("--unit="):]
@@ -102,8 +105,8 @@ async def test_lines_reach_their_unit_and_a_new_unit_continues_after_the_cursor(
         await wait_for(lambda: seen, "tiny-a's line")
         assert seen == [("a", f"call 1 {UNIT_A}")]
         first = read_calls(calls)[0]
-        assert first[:5] == ["--follow", "--output=json", "--no-pager", "--quiet", "--lines=7"]
-        assert first[5:] == [f"--unit={UNIT_A}"]
+        assert first[:4] == ["--follow", "--output=json", "--no-pager", "--lines=7"]
+        assert first[4:] == [f"--unit={UNIT_A}"]
 
         follower.watch(UNIT_B, lambda line: seen.append(("b", line)))
         await wait_for(lambda: len(seen) == 3, "both units' lines after the restart")
@@ -145,3 +148,21 @@ async def test_no_journalctl_leaves_the_router_serving(tmp_path: Path) -> None:
     await wait_for(lambda: follower.last_error is not None, "the error")
     assert "no-such-journalctl" in follower.last_error
     await follower.close()
+
+
+async def test_a_line_longer_than_asyncios_default_limit_is_read(
+    stand_in: tuple[list[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """journald keeps lines up to 48 KiB; as JSON numbers (not UTF-8) that is ~190 KiB, past asyncio's 64 KiB limit,
+    which stopped the reading at that line for good (every restart began before it)."""
+    argv, _ = stand_in
+    monkeypatch.setenv("LONG", "1")
+    seen: list[str] = []
+    follower = JournalFollower(argv)
+    follower.watch(UNIT_A, seen.append)
+    follower.start()
+    try:
+        await wait_for(lambda: len(seen) == 2, "the long line and the next")
+    finally:
+        await follower.close()
+    assert len(seen[0]) == 48 * 1024 and seen[1] == f"call 1 {UNIT_A}"

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
+# One entry of `--output=json` per line: journald keeps a line up to 48 KiB (LineMax), and a message that is not UTF-8
+# is written as an array of numbers, four bytes for one; asyncio's default limit of 64 KiB would stop the reading.
+LINE_LIMIT = 16 * 1024 * 1024
+
 # The fields by which `journalctl --unit` matches an entry (systemd 252, src/shared/logs-show.c add_matches_for_unit):
 # the unit's own output, then what systemd and the coredump handler wrote about it.
 _UNIT_FIELDS = ("_SYSTEMD_UNIT", "UNIT", "OBJECT_SYSTEMD_UNIT", "COREDUMP_UNIT")
@@ -74,6 +78,7 @@ class JournalFollower:
         self._task: asyncio.Task[None] | None = None
         self.restarts = 0
         self.last_error: str | None = None
+        self._complaint = ""  # journalctl's last line on stderr in its current run
 
     @property
     def units(self) -> list[str]:
@@ -100,7 +105,7 @@ class JournalFollower:
     def _argv(self, units: list[str]) -> list[str]:
         where = [f"--after-cursor={self._cursor}"] if self._cursor else [f"--lines={self._replay_lines}"]
         return [
-            *self._journalctl, "--follow", "--output=json", "--no-pager", "--quiet", *where,
+            *self._journalctl, "--follow", "--output=json", "--no-pager", *where,
             *(f"--unit={unit}" for unit in units),
         ]  # fmt: skip
 
@@ -117,12 +122,15 @@ class JournalFollower:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
+                    limit=LINE_LIMIT,
                 )
             except OSError as exc:  # no journalctl on this host: say so once, keep serving without engine logs
                 self.last_error = f"{self._journalctl[0]}: {exc}"
                 log.warning("engine logs unavailable in the console: cannot run %s", self.last_error)
                 return
+            self._complaint = ""
             reading = asyncio.ensure_future(self._read(proc, set(units)))
+            complaints = asyncio.ensure_future(self._complaints(proc))
             changed = asyncio.ensure_future(self._units_changed.wait())
             try:
                 done, _ = await asyncio.wait({reading, changed}, return_when=asyncio.FIRST_COMPLETED)
@@ -132,19 +140,27 @@ class JournalFollower:
                     proc.terminate()
                 with contextlib.suppress(ProcessLookupError):
                     await proc.wait()
-                reading.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reading
+                for task in (reading, complaints):
+                    task.cancel()
+                await asyncio.gather(reading, complaints, return_exceptions=True)  # a reader's error ends this run
             self.restarts += 1
             if changed in done:  # a new unit: follow it too, from where we were
                 delay = self._backoff_s[0]
                 continue
-            err = (await proc.stderr.read()).decode(errors="replace").strip() if proc.stderr else ""
-            self.last_error = f"journalctl exited with status {proc.returncode}: {err[:500]}"
+            said = f": {self._complaint}" if self._complaint else ""
+            self.last_error = f"journalctl exited with status {proc.returncode}{said}"
             log.warning("following the engines' journal: %s; again in %.1f s", self.last_error, delay)
             with contextlib.suppress(TimeoutError):  # backoff, cut short by a new unit
                 await asyncio.wait_for(self._units_changed.wait(), delay)
             delay = min(delay * 2, self._backoff_s[1])
+
+    async def _complaints(self, proc: asyncio.subprocess.Process) -> None:
+        """journalctl's own messages (no permission to read the journal, a bad argument) in the router's log."""
+        assert proc.stderr is not None
+        while raw := await proc.stderr.readline():
+            if line := raw.decode(errors="replace").strip():
+                self._complaint = line[:500]
+                log.warning("following the engines' journal: journalctl: %s", self._complaint)
 
     async def _read(self, proc: asyncio.subprocess.Process, units: set[str]) -> None:
         assert proc.stdout is not None
