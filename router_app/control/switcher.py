@@ -175,7 +175,9 @@ class Switcher:
         if enabled and memory is not None:
             learned = self.history.footprint(model.id, footprint_key(model))
             capacity = min((memory.capacities().get(d) or 0 for d in devices), default=0) or None
-            estimate = self._estimates[runtime.key] = estimate_footprint(model, capacity, len(devices))
+            if runtime.key not in self._estimates:  # an instance's files and devices never change: read them once
+                self._estimates[runtime.key] = estimate_footprint(model, capacity, len(devices))
+            estimate = self._estimates[runtime.key]
             footprint = model.memory or (max(learned.values()) if learned else None)
             if footprint is not None and capacity is not None and model.memory is None:
                 footprint = min(footprint, capacity)  # learned: never "can never fit" because of a reserve
@@ -542,6 +544,7 @@ class Switcher:
                 del self._stopped[old]
                 self.scheduler.remove(old)
                 retired = self.instances.pop(old, None)
+                self._estimates.pop(old, None)
                 if retired is not None:
                     await retired.close()
                 successor = self.current.get(model)

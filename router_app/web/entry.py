@@ -95,14 +95,12 @@ class EntryPoint:
     the proxy (the hot path skips FastAPI's routing and middleware layers: measured in bench/latency.py),
     everything else to the FastAPI app. Pure ASGI, so streamed responses are never buffered."""
 
-    def __init__(
-        self, app: FastAPI, proxy: Proxy, live: LiveConfig, shutting_down: asyncio.Event | None = None
-    ) -> None:
+    def __init__(self, app: FastAPI, proxy: Proxy, live: LiveConfig, shutting_down: asyncio.Event) -> None:
         self.app = app
         self.proxy = proxy
         self.live = live
         # Set by the server when it stops accepting (SIGTERM): the endless status streams end, answers finish.
-        self.shutting_down = shutting_down if shutting_down is not None else asyncio.Event()
+        self.shutting_down = shutting_down
 
     @property
     def keys(self) -> Keys:
