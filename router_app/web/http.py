@@ -16,6 +16,8 @@ import socket
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from router_app.wire.sse import error_payload
+
 # An idle client connection is closed after this long. uvicorn's 5 s equals httpx's own keep-alive expiry (the
 # openai and anthropic SDKs), so the router closed connections just as such clients sent their next request on them
 # (a ReadError before any answer; seen in the soak). nginx's default.
@@ -64,9 +66,7 @@ class BoundedHeadHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         message = f"request line and headers larger than {self.max_head_bytes} bytes"
-        body = json.dumps(
-            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "headers_too_large"}}
-        ).encode()
+        body = json.dumps(error_payload(message, "invalid_request_error", "headers_too_large")).encode()
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
             + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
