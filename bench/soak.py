@@ -357,8 +357,9 @@ async def sampler(routers: Routers, stop: asyncio.Event, tally: Tally, started: 
             await asyncio.wait_for(stop.wait(), 2.0)
 
 
-async def idle_footprint(routers: Routers) -> dict[str, float]:
-    """Unload every local model, wait until the accounting says nothing is held; RSS and fds of router A then."""
+async def idle_footprint(routers: Routers) -> dict[str, Any]:
+    """Unload every local model, wait until the accounting says nothing is held and no connection is open; RSS and
+    open descriptors of router A then."""
     base = routers.url("A")
     async with httpx.AsyncClient(timeout=60) as client:
         for model in (*LOCAL, "hang"):
@@ -375,8 +376,50 @@ async def idle_footprint(routers: Routers) -> dict[str, float]:
                 return {"used_mb": used / 2**20, "rss_mb": -1, "fds": -1}
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+    # Connections close a little after their last use: the peer's stay pooled for the fleet's keep-alive (2 s), as
+    # many as the last burst needed, and a client's is closed by the router once it reads the client's close.
+    # Wait until none is left, so the count compares what an idle router holds; one that never closes leaked and
+    # is counted.
     pid = routers.pid("A")
-    return {"used_mb": 0.0, "rss_mb": rss_mb(pid), "fds": float(len(os.listdir(f"/proc/{pid}/fd")))}
+    delay, deadline = 0.05, time.monotonic() + 15
+    while connections(open_fds(pid)) and time.monotonic() < deadline:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    fds = open_fds(pid)
+    return {"used_mb": 0.0, "rss_mb": rss_mb(pid), "fds": float(sum(fds.values())), "open": dict(fds)}
+
+
+def connections(fds: Counter[str]) -> int:
+    return sum(count for kind, count in fds.items() if kind.startswith("tcp ") and "listen" not in kind)
+
+
+def open_fds(pid: int) -> Counter[str]:
+    """The process's open file descriptors by what they are: a file's path, `pipe`, `unix`, `tcp listen :PORT`,
+    `tcp from :PORT` (a client's connection to a listening port), `tcp to :PORT` (a connection it made)."""
+    rows = []
+    for proto in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            rows += [line.split() for line in Path(f"/proc/{pid}/net/{proto}").read_text().splitlines()[1:]]
+    port = {row[9]: (int(row[1].rsplit(":", 1)[1], 16), int(row[2].rsplit(":", 1)[1], 16), row[3]) for row in rows}
+    listening = {local for local, _, state in port.values() if state == "0A"}
+    found = Counter[str]()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:[") and target[8:-1] in port:
+                local, remote, state = port[target[8:-1]]
+                if state == "0A":
+                    target = f"tcp listen :{local}"
+                elif state != "01":
+                    target = f"tcp state {state}"
+                else:
+                    target = f"tcp from :{local}" if local in listening else f"tcp to :{remote}"
+            elif target.startswith("socket:["):
+                target = "unix"
+            elif target.startswith("pipe:["):
+                target = "pipe"
+            found[re.sub(r"router-A-\d+\.log$", "router-A-N.log", target)] += 1
+    return found
 
 
 def engines_of(work: Path) -> list[int]:
@@ -438,9 +481,9 @@ async def soak(minutes: float, clients: int, seed: int) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, end - time.monotonic()))
         stop_clients.set()
         await asyncio.gather(*loops, *side)
-        final = await idle_footprint(routers)
         stop_sampler.set()
         await sampling
+        final = await idle_footprint(routers)
         left_running = engines_of(work)  # with routers up and nothing loaded, no engine may be running
         for name in ("A", "B"):
             await routers.stop(name)
@@ -520,7 +563,7 @@ def report(result: dict[str, Any], command: str) -> str:
         f"Idle after the warm-up (first process): RSS {result['baseline']['rss_mb']:.1f} MiB, "
         f"{result['baseline']['fds']:.0f} fds. Idle at the end (process {result['generations']}): RSS "
         f"{result['final']['rss_mb']:.1f} MiB, {result['final']['fds']:.0f} fds, memory accounted "
-        f"{result['final']['used_mb']:.0f} MiB.",
+        f"{result['final']['used_mb']:.0f} MiB.{fd_change(result['baseline'], result['final'])}",
         "",
         "| minute | process | RSS MiB (max) | fds (max) | memory accounted MiB (max) |",
         "|---|---|---|---|---|",
@@ -536,6 +579,17 @@ def report(result: dict[str, Any], command: str) -> str:
     if result["failures"] or result["unexplained_errors"]:
         lines += ["", "## Failures", "", *(f"- {f}" for f in result["failures"] + result["unexplained_errors"])]
     return "\n".join(lines) + "\n"
+
+
+def fd_change(baseline: dict[str, Any], final: dict[str, Any]) -> str:
+    """What the idle router holds at the end that it did not at the start, and the reverse (files named by path)."""
+    start, end = Counter(baseline.get("open", {})), Counter(final.get("open", {}))
+    more, fewer = end - start, start - end
+    if not more and not fewer:
+        return " The same descriptors by kind at both ends."
+    listed = [f"{'+' if sign > 0 else '-'}{count} {kind}" for sign, change in ((1, more), (-1, fewer))
+              for kind, count in sorted(change.items())]  # fmt: skip
+    return " Descriptors, end against start: " + ", ".join(listed) + "."
 
 
 def main() -> None:
