@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from router_app.config import RouterSettings
 from router_app.proxy import report
@@ -51,18 +51,18 @@ async def relay(
             assert ids is not None
             ids.learn(batch)
             if report.USAGE_OBJECT.search(batch):
-                parts = []
-                for block in batch.split(b"\n\n"):
-                    if not block:
-                        continue
+
+                def usage(block: bytes) -> bytes:
+                    nonlocal footer_written
                     out, last = report.usage_block(exchange, block)
                     if last and exchange.client_wants_usage and not footer_written:
                         # The usage chunk the client asked for is the stream's last: the speed report goes before.
                         out = report.stream_footer(settings, exchange, shape) + out
                         footer_written = True
-                    parts.append(out)
-                batch = b"".join(parts)
-            if not batch:
+                    return out
+
+                batch = with_usage_events(batch, usage)
+            if not batch.strip():
                 continue
             batch = ids.rewrite(batch)
         else:
@@ -91,6 +91,33 @@ async def relay(
         yield footer + shape.closing()
 
 
+def with_usage_events(batch: bytes, handle: Callable[[bytes], bytes]) -> bytes:
+    """`batch` (whole events) with each event that holds a usage object replaced by `handle(event)` (terminated, or
+    empty to drop it), the others left as they are. Only those events are cut out: an engine that writes faster than
+    the client reads hands over batches of thousands of events, and the usage chunk is one of them."""
+    parts, at = [], 0
+    while found := report.USAGE_OBJECT.search(batch, at):
+        start = batch.rfind(b"\n\n", at, found.start())
+        start = at if start < 0 else start + 2
+        end = batch.find(b"\n\n", found.end())
+        end = len(batch) if end < 0 else end
+        parts += [batch[at:start], handle(batch[start:end])]
+        at = end + 2
+    parts.append(batch[at:])
+    return b"".join(parts)
+
+
+def data_events(batch: bytes) -> Iterator[bytes]:
+    """The `data:` payloads of a batch's events, one at a time (no split of the whole batch)."""
+    at = 0
+    while at < len(batch):
+        end = batch.find(b"\n\n", at)
+        end = len(batch) if end < 0 else end
+        if batch.startswith(b"data:", at):
+            yield batch[at + 5 : end]
+        at = end + 2
+
+
 class _OneId:
     """One `id` for every chunk of a chat/completions stream: where the router wrote chunks before the engine's
     (status while waiting), the engine's id is rewritten to the router's; otherwise the router's later chunks (the
@@ -105,11 +132,11 @@ class _OneId:
     def learn(self, batch: bytes) -> None:
         if self.found:
             return
-        for block in batch.split(b"\n\n"):
-            if not block.startswith(b"data:") or block.startswith(b"data: [DONE]"):
+        for payload in data_events(batch):
+            if payload.strip() == b"[DONE]":
                 continue
             try:
-                data = json.loads(block[5:])
+                data = json.loads(payload)
             except ValueError:
                 continue
             if not isinstance(data, dict) or not isinstance(data.get("id"), str):
