@@ -93,14 +93,9 @@ async def relay(
 
 def with_usage_events(batch: bytes, handle: Callable[[bytes], bytes]) -> bytes:
     """`batch` (whole events) with each event that holds a usage object replaced by `handle(event)` (terminated, or
-    empty to drop it), the others left as they are. Only those events are cut out: an engine that writes faster than
-    the client reads hands over batches of thousands of events, and the usage chunk is one of them."""
+    empty to drop it), the others left as they are (report.usage_events)."""
     parts, at = [], 0
-    while found := report.USAGE_OBJECT.search(batch, at):
-        start = batch.rfind(b"\n\n", at, found.start())
-        start = at if start < 0 else start + 2
-        end = batch.find(b"\n\n", found.end())
-        end = len(batch) if end < 0 else end
+    for start, end in report.usage_events(batch):
         parts += [batch[at:start], handle(batch[start:end])]
         at = end + 2
     parts.append(batch[at:])

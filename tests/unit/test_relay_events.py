@@ -1,16 +1,17 @@
-"""The relay's event surgery on a batch (proxy/relay.py): only the usage events are cut out and handed over, and
-the first `data:` payloads are read one at a time, whatever the batch's size; the result is what splitting the
-whole batch into events gives (the relay's earlier way, which cost a Python step per event)."""
+"""The relay's event surgery on a batch (proxy/relay.py, proxy/report.py): only the usage events are cut out and
+handed over or read, and the first `data:` payloads are read one at a time, whatever the batch's size; the result
+is what splitting the whole batch into events gives (the earlier way, which cost a Python step per event)."""
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from router_app.proxy.relay import data_events, with_usage_events
-from router_app.proxy.report import USAGE_OBJECT
+from router_app.proxy.report import USAGE_OBJECT, observe_usage, take_usage
 
 content = st.builds(
     lambda text: {"id": "c1", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]},
@@ -60,3 +61,31 @@ def test_a_usage_event_first_last_and_alone() -> None:
     for events in ([u], [u, c], [c, u], [c, u, c, u]):
         batch = b"".join(e + b"\n\n" for e in events)
         assert with_usage_events(batch, lambda block: b"") == b"".join(e + b"\n\n" for e in events if e != u)
+
+
+messages_events = st.lists(
+    st.one_of(
+        st.builds(lambda n: b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":%d}}' % n,
+                  st.integers(0, 9999)),
+        st.just(b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"x"}}'),
+        st.just(b'event: ping\ndata: {"type": "ping"}'),
+    ),
+    max_size=12,
+).map(lambda events: b"".join(e + b"\n\n" for e in events))  # fmt: skip
+
+
+def tokens_counted(read: object, batch: bytes) -> int | None:
+    exchange = SimpleNamespace(completion_tokens=None)
+    read(exchange, batch)  # type: ignore[operator]
+    return exchange.completion_tokens
+
+
+def split_and_read(exchange: SimpleNamespace, batch: bytes) -> None:
+    for block in batch.split(b"\n\n"):
+        if USAGE_OBJECT.search(block) and (start := block.find(b"data:")) >= 0:
+            take_usage(exchange, json.loads(block[start + 5 :]))  # type: ignore[arg-type]
+
+
+@given(messages_events)
+def test_usage_of_other_apis_read_from_its_events_only(batch: bytes) -> None:
+    assert tokens_counted(observe_usage, batch) == tokens_counted(split_and_read, batch)

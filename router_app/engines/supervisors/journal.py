@@ -194,8 +194,8 @@ class JournalFollower:
         if replay.returncode != 0:
             log.warning("reading the engines' recent journal: journalctl: %s", errors.decode(errors="replace")[:500])
         for raw in output.splitlines():
-            if entry := self._hand_over(raw):
-                shown.add(entry.cursor or "")
+            if (entry := self._hand_over(raw)) and entry.cursor:
+                shown.add(entry.cursor)
         if first:
             self._take(first, shown)
         return shown
