@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import threading
@@ -285,10 +286,19 @@ def test_an_idle_connection_outlives_the_clients_own_keep_alive(router) -> None:
     """The openai and anthropic SDKs (httpx) reuse an idle connection for up to 5 s; uvicorn's default closed it
     after 5 s too, so a request sent as the router closed it failed with a ReadError before any answer (seen in the
     soak). The router keeps idle connections 75 s: one idle for 6 s still serves."""
-    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
-        sock.sendall(request)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    connection = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
+    try:
+        connection.request("GET", "/health")
+        first = connection.getresponse()
+        assert first.status == 200 and json.loads(first.read())["status"] == "ok"  # the whole answer, body too
+        sock = connection.sock
         time.sleep(6)  # the idle time under test, longer than httpx's keep-alive expiry
-        sock.sendall(request)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200"), "the router closed an idle connection within 6 s"
+        try:
+            connection.request("GET", "/health")
+            second = connection.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionError) as closed:
+            raise AssertionError("the router closed an idle connection within 6 s") from closed
+        assert connection.sock is sock, "the same connection answered"
+        assert second.status == 200 and json.loads(second.read())["status"] == "ok"
+    finally:
+        connection.close()
