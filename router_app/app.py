@@ -94,8 +94,9 @@ def create_app(config: Config, config_path: Path | None = None, reloadable: bool
             model, adapter, supervisor, conf.router, metrics=metrics, sockets=sockets, slots=keeper
         )
 
-        def engine_line(line: str) -> None:  # the console's live log
-            hub.publish("log", source=model.id, line=runtime.redact(line))
+        def engine_line(line: str) -> None:
+            runtime.engine_wrote()
+            hub.publish("log", source=model.id, line=runtime.redact(line))  # the console's live log
 
         if isinstance(supervisor, ProcessSupervisor):
             supervisor.on_line = engine_line

@@ -135,9 +135,17 @@ class EngineInstance:
         self.last_integrity_restart: str | None = None
         # The timeout of the cold load in progress, and the key that sets it (for the error message).
         self._timeout_s, self._timeout_key = self.load_timeout_s, "load_timeout_s"
+        # Set when the engine writes a line (`engine_wrote`): the readiness loop then checks again at once.
+        self._wrote = asyncio.Event()
 
     def _set(self, state: ModelState) -> None:
         self.state = state
+
+    def engine_wrote(self) -> None:
+        """The engine wrote a line of output (its process's, or its unit's journal). Engines say when they become
+        ready ("server is listening", "Application startup complete"), so a load in progress checks its readiness
+        again now instead of at its next poll, up to POLL_MAX_S later."""
+        self._wrote.set()
         self.since = time.time()
 
     @property
@@ -314,9 +322,21 @@ class EngineInstance:
         if cold and self.adapter.samples_on_load:
             checks.append(self.adapter.probe_sampled)
         for check in checks:
-            while await self._race_exit(check(), deadline) is not Health.READY:
-                await self._race_exit(asyncio.sleep(delay), deadline)
-                delay = min(delay * 1.5, POLL_MAX_S)
+            while True:
+                self._wrote.clear()
+                if await self._race_exit(check(), deadline) is Health.READY:
+                    break
+                if not await self._race_exit(self._output_within(delay), deadline):
+                    delay = min(delay * 1.5, POLL_MAX_S)
+
+    async def _output_within(self, seconds: float) -> bool:
+        """Whether the engine writes a line within `seconds` (returns as soon as it does)."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wrote.wait()
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def may_sleep(self) -> bool:

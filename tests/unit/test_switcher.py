@@ -642,3 +642,38 @@ async def test_a_pinned_model_changed_by_a_reload_serves_its_waiters_from_the_ne
     assert waiting.runtime is new
     await asyncio.wait_for(reload, 5)
     waiting.release()
+
+
+async def test_a_line_of_engine_output_checks_readiness_at_once_instead_of_at_the_next_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """llama-server b11312 marks itself ready, then prints "model loaded" (tools/server/server.cpp:482-485); a load
+    that ended just after a poll waited up to POLL_MAX_S (0.25 s) for the next one, which made warmed switches
+    0.55 or 0.75 s by chance (docs/benchmark-history.md). With polls an hour apart, only the line can end this."""
+    import router_app.engines.instance as instance_module
+
+    monkeypatch.setattr(instance_module, "POLL_FIRST_S", 3600.0)
+    monkeypatch.setattr(instance_module, "POLL_MAX_S", 3600.0)
+    checks: list[bool] = []
+
+    class LoadingAdapter(ReadyAdapter):
+        loaded = False
+
+        async def health(self) -> Health:
+            checks.append(self.loaded)
+            return Health.READY if self.loaded else Health.NOT_YET
+
+    journal: list[str] = []
+    model = ModelConfig(id="a", backend="llamacpp", port=1, command=["x"])
+    supervisor = MemorySupervisor("a", journal)
+    adapter = LoadingAdapter(model, supervisor)
+    runtime = EngineInstance(model, adapter, supervisor, RouterSettings())
+    load = asyncio.ensure_future(runtime.activate())
+    async with asyncio.timeout(30):  # guards a hang only: without the wake-up this waits an hour
+        await _until(lambda: checks == [False])
+        runtime.engine_wrote()  # a line while loading: checked again, still loading
+        await _until(lambda: checks == [False, False])
+        adapter.loaded = True
+        runtime.engine_wrote()  # "model loaded"
+        await load
+    assert checks == [False, False, True] and runtime.state.value == "ready"
