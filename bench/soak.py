@@ -2,10 +2,12 @@
 
 Three tiny llama.cpp models on router A (a and b fit together under a declared 260 MiB budget, c evicts both), a
 model whose engine hangs while loading (`hang`: load timeout), and router B, a fleet peer, serving model p. Every
-client loops over every API (chat and legacy completions, Responses, Anthropic Messages; streamed and not) on a
-random model, and walks away from some streams. Faults, at random every 3-6 s: SIGKILL of an engine (mid-stream where
-one streams), a request for `hang`, a SIGHUP reload that changes model c, a client that leaves mid-stream, router B
-killed and restarted, router A restarted (SIGTERM, graceful) while its clients keep sending.
+client loops over every API (chat and legacy completions, Responses, Anthropic Messages, streamed and not;
+embeddings; tokenize) on a random model, and walks away from some streams. Faults, at random every 3-6 s: SIGKILL of
+an engine (mid-stream where one streams), a request for `hang`, a SIGHUP reload that changes model c, a client that
+leaves mid-stream, router B killed and restarted, router A restarted (SIGTERM, graceful) while its clients keep
+sending — in the first half only, so that the router process measured at the end has run the second half under
+every other fault.
 
 Each request must end in a complete answer from the model asked for, or a clean error in its API's shape, within
 its bound: never a silent truncation, a wrong model or a hang. At the end: no engine process left behind, router A's
@@ -39,11 +41,14 @@ from common import ROOT, free_port, llama_command, llama_server, machine, rss_mb
 
 LOCAL = ("a", "b", "c")
 APIS = ("chat", "chat-stream", "completions", "completions-stream", "responses", "responses-stream",
-        "messages", "messages-stream")  # fmt: skip
+        "messages", "messages-stream", "embeddings", "tokenize")  # fmt: skip
 FAULTS = {"kill_engine": 3, "hang_load": 2, "reload": 2, "walk_away": 2, "peer_restart": 1, "router_restart": 1}
 REQUEST_BOUND_S = 120.0  # a request that takes longer has hung
 # ERROR lines of router A that an injected fault explains (anything else fails the soak). A killed engine is a
 # WARNING ("lost its engine"), a dead peer an answer to its client; only the hanging load is an ERROR.
+# The engines serve embeddings as well as generation (llama-server b11312 refuses /v1/embeddings without
+# `--embeddings`, tools/server/server-context.cpp:5373, and still generates with it).
+ENGINE_FLAGS = ["--embeddings", "--pooling", "mean"]
 EXPLAINED = {
     "hang_load": re.compile(r"loading hang failed \(timeout\): hang did not become ready"),
     "kill_engine": re.compile(r"killed by SIGKILL"),
@@ -87,7 +92,8 @@ class Routers:
                 "peer_refresh_s": 1,
             },
             "models": [
-                *({"id": m, "backend": "llamacpp", "command": llama_command(binary, models[m], m), "memory": size,
+                *({"id": m, "backend": "llamacpp", "command": [*llama_command(binary, models[m], m), *ENGINE_FLAGS],
+                   "memory": size,
                    "description": "v1"} for m, size in (("a", "100MiB"), ("b", "100MiB"), ("c", "200MiB"))),
                 {"id": "hang", "backend": "llamacpp", "command": hang, "memory": "10MiB", "load_timeout_s": 4,
                  "first_load_timeout_s": 4},
@@ -95,10 +101,13 @@ class Routers:
         }  # fmt: skip
         self.config_b = {
             "router": {"port": self.ports["B"], "supervisor": "process", "log_level": "warning"},
-            "models": [{"id": "p", "backend": "llamacpp", "command": llama_command(binary, models["p"], "p")}],
+            "models": [
+                {"id": "p", "backend": "llamacpp", "command": [*llama_command(binary, models["p"], "p"), *ENGINE_FLAGS]}
+            ],
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: list[tuple[float, float]] = []  # router A's stop-to-ready windows (monotonic)
+        self.started_at = 0.0  # when router A's current process answered first (monotonic)
         self.generation = 0
         self.logs: list[Path] = []
         self.write("A")
@@ -125,6 +134,8 @@ class Routers:
             while True:
                 with contextlib.suppress(httpx.TransportError):
                     if (await client.get(self.url(name) + "/health")).status_code == 200:
+                        if name == "A":
+                            self.started_at = time.monotonic()
                         return
                 if self.procs[name].poll() is not None:
                     tail = log.read_text(errors="replace")[-2000:]
@@ -170,6 +181,8 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str, api: str
         "completions": ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": tokens}),
         "responses": ("/v1/responses", {"input": "Hello", "max_output_tokens": max(tokens, 16)}),
         "messages": ("/v1/messages", {"messages": message, "max_tokens": tokens}),
+        "embeddings": ("/v1/embeddings", {"input": ["Hello", "Tell me a story."][: rng.randint(1, 2)]}),
+        "tokenize": ("/tokenize", {"content": message[0]["content"]}),
     }[kind]
     body = {"model": model, **body, **({"stream": True} if stream else {})}
     if not stream:
@@ -182,9 +195,7 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str, api: str
         if answer.status_code != 200:
             return f"error:{answer.status_code}" if isinstance(data, dict) and is_error(data) else \
                 f"bad_shape: {answer.status_code} {answer.text[:120]!r}"  # fmt: skip
-        if data.get("model") != model:
-            return f"wrong_model: asked {model}, got {data.get('model')}"
-        return "ok"
+        return judge_answer(kind, model, body, data)
     lines: list[str] = []
     async with client.stream("POST", base + path, json=body) as answer:
         seen["answer"] = True
@@ -200,6 +211,21 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str, api: str
             if walk and len(lines) >= 3:
                 return "walked_away"
     return judge_stream(kind, model, lines)
+
+
+def judge_answer(kind: str, model: str, body: dict[str, Any], data: Any) -> str:
+    """A whole answer (status 200): from the model asked for, with what its API promises."""
+    if kind == "tokenize":  # llama-server's /tokenize names no model: its tokens must be there
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        return "ok" if isinstance(tokens, list) and tokens and all(isinstance(t, int) for t in tokens) else \
+            f"bad_shape: {json.dumps(data)[:120]}"  # fmt: skip
+    if not isinstance(data, dict) or data.get("model") != model:
+        return f"wrong_model: asked {model}, got {data.get('model') if isinstance(data, dict) else data!r}"
+    if kind == "embeddings":
+        vectors = [item.get("embedding") for item in data.get("data") or []]
+        if len(vectors) != len(body["input"]) or not all(isinstance(v, list) and v for v in vectors):
+            return f"bad_shape: {len(vectors)} embeddings for {len(body['input'])} inputs"
+    return "ok"
 
 
 def judge_stream(kind: str, model: str, lines: list[str]) -> str:
@@ -475,15 +501,20 @@ async def soak(minutes: float, clients: int, seed: int) -> dict[str, Any]:
         side: set[asyncio.Task[Any]] = set()
         end = started + minutes * 60
         kinds, weights = list(FAULTS), list(FAULTS.values())
+        last_restart = started + minutes * 60 / 2  # router A's last process then runs the second half
         while time.monotonic() < end - 20:  # the last 20 s without faults: everything in flight settles
             await asyncio.sleep(rng.uniform(3, 6))
-            await inject(rng.choices(kinds, weights)[0], routers, rng, tally, side)
+            kind = rng.choices(kinds, weights)[0]
+            while kind == "router_restart" and time.monotonic() > last_restart:
+                kind = rng.choices(kinds, weights)[0]
+            await inject(kind, routers, rng, tally, side)
         await asyncio.sleep(max(0.0, end - time.monotonic()))
         stop_clients.set()
         await asyncio.gather(*loops, *side)
         stop_sampler.set()
         await sampling
         final = await idle_footprint(routers)
+        final["process_minutes"] = (time.monotonic() - routers.started_at) / 60
         left_running = engines_of(work)  # with routers up and nothing loaded, no engine may be running
         for name in ("A", "B"):
             await routers.stop(name)
@@ -561,7 +592,8 @@ def report(result: dict[str, Any], command: str) -> str:
         "## Router A over time",
         "",
         f"Idle after the warm-up (first process): RSS {result['baseline']['rss_mb']:.1f} MiB, "
-        f"{result['baseline']['fds']:.0f} fds. Idle at the end (process {result['generations']}): RSS "
+        f"{result['baseline']['fds']:.0f} fds. Idle at the end (process {result['generations']}, up"
+        f" {result['final'].get('process_minutes', 0):.1f} min): RSS "
         f"{result['final']['rss_mb']:.1f} MiB, {result['final']['fds']:.0f} fds, memory accounted "
         f"{result['final']['used_mb']:.0f} MiB.{fd_change(result['baseline'], result['final'])}",
         "",
