@@ -140,13 +140,13 @@ class EngineInstance:
 
     def _set(self, state: ModelState) -> None:
         self.state = state
+        self.since = time.time()
 
     def engine_wrote(self) -> None:
         """The engine wrote a line of output (its process's, or its unit's journal). Engines say when they become
         ready ("server is listening", "Application startup complete"), so a load in progress checks its readiness
         again now instead of at its next poll, up to POLL_MAX_S later."""
         self._wrote.set()
-        self.since = time.time()
 
     @property
     def load_timeout_s(self) -> float:

@@ -671,9 +671,12 @@ async def test_a_line_of_engine_output_checks_readiness_at_once_instead_of_at_th
     load = asyncio.ensure_future(runtime.activate())
     async with asyncio.timeout(30):  # guards a hang only: without the wake-up this waits an hour
         await _until(lambda: checks == [False])
+        starting_since = runtime.since  # when it became `starting`
         runtime.engine_wrote()  # a line while loading: checked again, still loading
         await _until(lambda: checks == [False, False])
+        assert runtime.since == starting_since, "a line of output is not a change of state"
         adapter.loaded = True
         runtime.engine_wrote()  # "model loaded"
         await load
     assert checks == [False, False, True] and runtime.state.value == "ready"
+    assert runtime.since > starting_since, "`since` is when it became ready"
