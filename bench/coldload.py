@@ -139,7 +139,8 @@ def switch(binary: str, path: Path, tiny: Path, work: Path, case: str, mode: str
         httpx.post(base + "/v1/completions", json={"model": "a", "prompt": "hi", "max_tokens": 1}, timeout=600)
         if case in ("cold", "cold+warming", "reread"):
             cold(path)
-        read_all(path) if case in ("warm", "reread") else None
+        if case in ("warm", "reread"):
+            read_all(path)
         drained: list[float] = []
 
         def victim() -> None:

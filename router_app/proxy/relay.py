@@ -36,6 +36,16 @@ async def relay(
     engine_field: bytes | None = None
     ids = _OneId(shape.factory) if isinstance(shape, OpenAIShape) else None
     footer_written = False
+
+    def usage(block: bytes) -> bytes:
+        nonlocal footer_written
+        out, last = report.usage_block(exchange, block)
+        if last and exchange.client_wants_usage and not footer_written:
+            # The usage chunk the client asked for is the stream's last: the speed report goes before.
+            out = report.stream_footer(settings, exchange, shape) + out
+            footer_written = True
+        return out
+
     async for piece in upstream.iter_raw():
         if b"\r" in piece:
             piece = piece.replace(b"\r\n", b"\n")
@@ -51,18 +61,8 @@ async def relay(
             assert ids is not None
             ids.learn(batch)
             if report.USAGE_OBJECT.search(batch):
-
-                def usage(block: bytes) -> bytes:
-                    nonlocal footer_written
-                    out, last = report.usage_block(exchange, block)
-                    if last and exchange.client_wants_usage and not footer_written:
-                        # The usage chunk the client asked for is the stream's last: the speed report goes before.
-                        out = report.stream_footer(settings, exchange, shape) + out
-                        footer_written = True
-                    return out
-
                 batch = with_usage_events(batch, usage)
-            if not batch.strip():
+            if not batch or batch.isspace():  # not strip(): that copies every batch to test it
                 continue
             batch = ids.rewrite(batch)
         else:
